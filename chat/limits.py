@@ -1,0 +1,87 @@
+"""Every limit of a chat/1 server, in one place, with its reason.
+
+A server advertises these in its HELLO line (SPEC.md section 4, [HELLO-2]) so
+that clients and the conformance kit adapt to them instead of guessing. The
+defaults suit a small public server; `python -m chat.server --help` lists the
+command-line options that change them. 0 switches a limit off, except for
+`line_max` and `name_max`, which are part of the wire format.
+
+Nothing here does I/O; the protocol, the room and the server all read their
+limits from a `Limits` value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Longest client line in bytes, terminator included (SPEC.md 2, [FRAME-5]).
+# Precedents: IRC 512, SMTP 1000, h11's header block 16 KiB. 1024 holds a long
+# paragraph of chat while keeping one line's worst-case cost small.
+DEFAULT_LINE_MAX = 1024
+
+# Longest name in characters (SPEC.md 5, [NAME-1]). IRC networks use 30 to 32.
+DEFAULT_NAME_MAX = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The limits one server enforces. Field order is HELLO's order."""
+
+    #: [FRAME-5] bytes per client line, including LF (and CR).
+    line_max: int = DEFAULT_LINE_MAX
+    #: [NAME-1] characters per name; fixed by the grammar, advertised for clients.
+    name_max: int = DEFAULT_NAME_MAX
+    #: [LIMIT-1] open connections in all. A thread per connection costs about
+    #: 20 KB of memory here (see README, Performance); 1,000 is a busy room.
+    max_clients: int = 1000
+    #: [LIMIT-2] open connections from one IP address: enough for a family
+    #: behind one NAT, too few for one host to take every slot.
+    max_per_address: int = 10
+    #: [KEEP-3] seconds from connecting to a successful USER. A person typing
+    #: a name into nc needs a few seconds; a port scanner holds a slot until then.
+    register_timeout: float = 30.0
+    #: [KEEP-2] seconds of silence before the server sends PING. Home routers
+    #: drop idle TCP mappings after a few minutes; 60 s stays well inside that.
+    ping_interval: float = 60.0
+    #: [KEEP-2] seconds to answer that PING before the client counts as gone.
+    ping_timeout: float = 30.0
+    #: [LIMIT-4] lines per second one connection may sustain. A fast typist
+    #: manages 2; a pasted paragraph arrives at up to 10 lines a second.
+    flood_rate: float = 10.0
+    #: [LIMIT-4] lines one connection may send in a burst before the rate applies.
+    flood_burst: int = 20
+    #: [LIMIT-6] bytes queued for one client before it is dropped as a slow
+    #: consumer. 256 KiB is about 3,000 full MSG lines: seconds of a busy room,
+    #: far more than a reader that is merely slow falls behind. Redis uses
+    #: 32 MB for pub/sub, ngircd 32 KB.
+    outbound_max: int = 256 * 1024
+    #: [PASS-1] the room's password, or None for an open room. Not advertised
+    #: itself, only whether there is one.
+    password: str | None = None
+
+    def hello_params(self) -> list[tuple[str, int]]:
+        """The HELLO parameters in the order [HELLO-2] fixes."""
+        return [
+            ("line-max", self.line_max),
+            ("name-max", self.name_max),
+            ("max-clients", self.max_clients),
+            ("max-per-address", self.max_per_address),
+            ("register-timeout", _whole_seconds(self.register_timeout)),
+            ("ping-interval", _whole_seconds(self.ping_interval)),
+            ("ping-timeout", _whole_seconds(self.ping_timeout)),
+            ("flood-rate", _whole_seconds(self.flood_rate)),
+            ("flood-burst", self.flood_burst),
+            ("outbound-max", self.outbound_max),
+            ("password", 1 if self.password else 0),
+        ]
+
+
+def _whole_seconds(value: float) -> int:
+    """HELLO carries whole numbers; round up so a client never waits too little.
+
+    A fractional setting (tests use 0.5 s timeouts) is advertised as 1: a
+    client that answers within the advertised time may still be too slow, but
+    a client that plans around 1 s is never told to wait longer than needed.
+    """
+    whole = int(value)
+    return whole if whole == value else whole + 1

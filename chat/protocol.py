@@ -1,0 +1,393 @@
+"""The chat/1 wire format: framing, parsing and formatting, with no I/O.
+
+Bytes go in, commands come out; replies go in as values and come out as bytes.
+Nothing here knows about sockets, threads, clocks or other users: that keeps the
+protocol testable byte by byte, and lets a client, a server and a test kit share
+it. Every rule cites its requirement in SPEC.md.
+
+What must not live here: who receives a line (chat/state.py), and anything that
+reads or writes a socket (chat/server.py, chat/client.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+
+from chat.limits import DEFAULT_LINE_MAX, DEFAULT_NAME_MAX, Limits
+
+VERSION = "chat/1"
+
+
+class ErrorCode(str, enum.Enum):
+    """Every ERR code of SPEC.md section 10; the value is the wire token."""
+
+    LINE_TOO_LONG = "LINE_TOO_LONG"
+    BAD_ENCODING = "BAD_ENCODING"
+    BAD_CHARACTER = "BAD_CHARACTER"
+    UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+    BAD_SYNTAX = "BAD_SYNTAX"
+    NOT_REGISTERED = "NOT_REGISTERED"
+    ALREADY_REGISTERED = "ALREADY_REGISTERED"
+    BAD_NAME = "BAD_NAME"
+    NAME_TAKEN = "NAME_TAKEN"
+    NO_SUCH_USER = "NO_SUCH_USER"
+    PASSWORD_REQUIRED = "PASSWORD_REQUIRED"
+    BAD_PASSWORD = "BAD_PASSWORD"
+    SERVER_FULL = "SERVER_FULL"
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+    REGISTRATION_TIMEOUT = "REGISTRATION_TIMEOUT"
+    PING_TIMEOUT = "PING_TIMEOUT"
+    SLOW_CONSUMER = "SLOW_CONSUMER"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+
+    @property
+    def closes(self) -> bool:
+        """Whether the server closes the connection after this ERR ([ERR-2])."""
+        return self in _CLOSING_ERRORS
+
+
+_CLOSING_ERRORS = frozenset({
+    ErrorCode.BAD_PASSWORD,
+    ErrorCode.SERVER_FULL,
+    ErrorCode.TOO_MANY_CONNECTIONS,
+    ErrorCode.REGISTRATION_TIMEOUT,
+    ErrorCode.PING_TIMEOUT,
+    ErrorCode.SLOW_CONSUMER,
+    ErrorCode.SHUTTING_DOWN,
+})
+
+
+class ProtocolError(Exception):
+    """A client line broke a rule; the error carries the ERR reply it becomes.
+
+    Like h11's RemoteProtocolError: this is the only exception the parser
+    raises for bad input. Any other exception from this module is a bug.
+    """
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(f"{code.name}: {text}")
+        self.code = code
+        self.text = text
+
+
+# ---------------------------------------------------------------------------
+# Framing: bytes to lines ([FRAME-1] to [FRAME-5], [FRAME-9], [FRAME-10])
+# ---------------------------------------------------------------------------
+
+
+class LineBuffer:
+    """Cuts a byte stream into lines, however the bytes were split by TCP.
+
+    `feed(data)` returns the complete lines found so far (without terminator)
+    and, in their place, a ProtocolError(LINE_TOO_LONG) for a line that grew
+    past `line_max`. Bytes of an unfinished line wait for the next feed; what
+    is left when the stream ends is simply never returned ([FRAME-10]).
+    """
+
+    def __init__(self, line_max: int = DEFAULT_LINE_MAX) -> None:
+        self.line_max = line_max
+        self._partial = bytearray()
+        # After an overlong line, skip everything up to its LF ([FRAME-5]).
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | ProtocolError]:
+        items: list[bytes | ProtocolError] = []
+        start = 0
+        while start < len(data):
+            newline = data.find(b"\n", start)
+            end = len(data) if newline < 0 else newline
+            if self._discarding:
+                if newline >= 0:
+                    self._discarding = False
+            else:
+                self._partial += data[start:end]
+                # line_max counts the LF too, so line_max bytes without an LF
+                # can only grow into a line that is too long: refuse it now,
+                # without waiting for an LF that may never come.
+                if len(self._partial) >= self.line_max:
+                    items.append(ProtocolError(
+                        ErrorCode.LINE_TOO_LONG,
+                        f"lines are at most {self.line_max} bytes including LF",
+                    ))
+                    self._partial.clear()
+                    self._discarding = newline < 0
+                elif newline >= 0:
+                    line = bytes(self._partial)
+                    self._partial.clear()
+                    items.append(line[:-1] if line.endswith(b"\r") else line)
+            start = end + 1
+        return items
+
+
+# ---------------------------------------------------------------------------
+# Parsing: a line to a command ([FRAME-7], [FRAME-8], [FRAME-11], [GRAM-2], [CMD-2])
+# ---------------------------------------------------------------------------
+
+# [FRAME-8]: C0 controls, DEL and C1 controls, the line and paragraph
+# separators, and the bidirectional overrides and isolates.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# [NAME-1], the `name` rule of the grammar.
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (DEFAULT_NAME_MAX - 1))
+# The `token` rule: 1 to 64 printable ASCII characters, no space.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    password: str
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    #: What follows "USER "; the room checks it against [NAME-1] only after
+    #: its state checks, in the order [STATE-1] gives.
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Msg:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Pm:
+    name: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Users:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Ping:
+    token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Pong:
+    token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Leave:
+    pass
+
+
+Command = Pass | User | Msg | Pm | Users | Ping | Pong | Leave
+
+
+def is_valid_name(name: str) -> bool:
+    """[NAME-1]: an ASCII letter, then up to 31 letters, digits, '_' or '-'."""
+    return _NAME.fullmatch(name) is not None
+
+
+def name_key(name: str) -> str:
+    """The form in which two names are compared ([NAME-2]): ASCII lower case."""
+    return name.lower()
+
+
+def _is_text(text: str) -> bool:
+    """The `text` rule: at least one character that is not a space."""
+    return text.strip(" ") != ""
+
+
+def _syntax_error(usage: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_SYNTAX, f"usage: {usage}")
+
+
+def parse_command(line: bytes) -> Command | None:
+    """Turn one line (terminator removed) into a command, or None if empty.
+
+    Raises ProtocolError for the first problem found, in the order of
+    [FRAME-11]: encoding, characters, verb, then the command's fields.
+    """
+    if not line:
+        return None  # [FRAME-9]
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.BAD_ENCODING, "lines must be UTF-8") from None
+    if _CONTROL_CHARACTER.search(decoded):
+        raise ProtocolError(ErrorCode.BAD_CHARACTER, "control characters are not allowed")
+    verb, space, rest = decoded.partition(" ")
+    parse = _PARSERS.get(verb)
+    if parse is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_COMMAND,
+            "commands are PASS USER MSG PM USERS PING PONG LEAVE, in upper case",
+        )
+    return parse(rest if space else None)
+
+
+def _parse_pass(rest: str | None) -> Pass:
+    if rest is None or not _is_text(rest):
+        raise _syntax_error("PASS <password>")
+    return Pass(rest)
+
+
+def _parse_user(rest: str | None) -> User:
+    if rest is None:
+        raise _syntax_error("USER <name>")
+    return User(rest)
+
+
+def _parse_msg(rest: str | None) -> Msg:
+    if rest is None or not _is_text(rest):
+        raise _syntax_error("MSG <text>")
+    return Msg(rest)
+
+
+def _parse_pm(rest: str | None) -> Pm:
+    name, _, text = (rest or "").partition(" ")
+    if not is_valid_name(name) or not _is_text(text):
+        raise _syntax_error("PM <name> <text>")
+    return Pm(name, text)
+
+
+def _parse_ping(rest: str | None) -> Ping:
+    if rest is None or not _TOKEN.fullmatch(rest):
+        raise _syntax_error("PING <token>")
+    return Ping(rest)
+
+
+def _parse_pong(rest: str | None) -> Pong:
+    if rest is None or not _TOKEN.fullmatch(rest):
+        raise _syntax_error("PONG <token>")
+    return Pong(rest)
+
+
+def _no_fields(command: Users | Leave, verb: str):
+    def parse(rest: str | None) -> Users | Leave:
+        if rest is not None:
+            raise _syntax_error(f"{verb} takes no fields")
+        return command
+    return parse
+
+
+_PARSERS = {
+    "PASS": _parse_pass,
+    "USER": _parse_user,
+    "MSG": _parse_msg,
+    "PM": _parse_pm,
+    "USERS": _no_fields(Users(), "USERS"),
+    "PING": _parse_ping,
+    "PONG": _parse_pong,
+    "LEAVE": _no_fields(Leave(), "LEAVE"),
+}
+
+
+# ---------------------------------------------------------------------------
+# Formatting: server lines ([FRAME-3], [GRAM-1])
+# ---------------------------------------------------------------------------
+
+
+def _line(*fields: str) -> bytes:
+    return (" ".join(fields) + "\n").encode("utf-8")
+
+
+def format_hello(limits: Limits) -> bytes:
+    params = [f"{key}={value}" for key, value in limits.hello_params()]
+    return _line("HELLO", VERSION, *params)
+
+
+def format_join(name: str) -> bytes:
+    return _line("JOIN", name)
+
+
+def format_leave(name: str, reason: str) -> bytes:
+    return _line("LEAVE", name, reason)
+
+
+def format_msg(sender: str, text: str) -> bytes:
+    return _line("MSG", sender, text)
+
+
+def format_pm(sender: str, recipient: str, text: str) -> bytes:
+    return _line("PM", sender, recipient, text)
+
+
+def format_names(names: list[str], line_max: int = DEFAULT_LINE_MAX) -> list[bytes]:
+    """NAMES lines listing every name once, each at most line_max bytes ([USERS-3]),
+    then ENDNAMES with the count ([USERS-1])."""
+    lines: list[bytes] = []
+    current = "NAMES"
+    for name in names:
+        # +2: the space before the name and the LF after the line.
+        if current != "NAMES" and len(current) + len(name) + 2 > line_max:
+            lines.append(_line(current))
+            current = "NAMES"
+        current += " " + name
+    lines.append(_line(current))
+    lines.append(_line("ENDNAMES", str(len(names))))
+    return lines
+
+
+def format_ping(token: str) -> bytes:
+    return _line("PING", token)
+
+
+def format_pong(token: str) -> bytes:
+    return _line("PONG", token)
+
+
+def format_ok_pass() -> bytes:
+    return _line("OK", "PASS")
+
+
+def format_error(code: ErrorCode, text: str) -> bytes:
+    return _line("ERR", code.value, text)
+
+
+# ---------------------------------------------------------------------------
+# Server lines seen from the client side
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """A line from the server, split by the grammar of its verb.
+
+    `fields` holds the fixed fields and, last, the free text where the verb
+    has one, so `MSG alice hi there` is Reply("MSG", ("alice", "hi there")).
+    """
+
+    verb: str
+    fields: tuple[str, ...]
+
+
+# How many fields each server verb has before its free text (None: no text,
+# every space separates fields).
+_REPLY_FIXED_FIELDS = {
+    "HELLO": None, "JOIN": None, "LEAVE": None, "NAMES": None,
+    "ENDNAMES": None, "PING": None, "PONG": None, "OK": None,
+    "MSG": 1, "PM": 2, "ERR": 1,
+}
+
+
+def parse_reply(line: str) -> Reply:
+    """Split a server line (terminator removed) into verb and fields.
+
+    For clients: an unknown verb is returned as it is, with its fields split
+    on spaces, so a newer server's lines do no harm ([GRAM-3] in spirit).
+    """
+    verb, _, rest = line.partition(" ")
+    fixed = _REPLY_FIXED_FIELDS.get(verb)
+    if not rest:
+        return Reply(verb, ())
+    if fixed is None:
+        return Reply(verb, tuple(rest.split(" ")))
+    return Reply(verb, tuple(rest.split(" ", fixed)))
+
+
+def hello_params(reply: Reply) -> dict[str, int]:
+    """The key=value parameters of a HELLO reply, unknown keys included."""
+    params = {}
+    for field in reply.fields[1:]:
+        key, _, value = field.partition("=")
+        if value.isdigit():
+            params[key] = int(value)
+    return params

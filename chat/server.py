@@ -1,0 +1,499 @@
+"""The reference chat/1 server: sockets, threads and locks, and nothing else.
+
+A line's way through the server:
+
+    reader thread:  recv -> LineBuffer -> ChatRoom.handle -> actions
+                    (applied under one lock: a broadcast is one append to the
+                     room's batch; a reply is one append to that connection)
+    flusher thread: takes the batch, gives each connection its bytes, and
+                    sends them without blocking; what a socket will not take
+                    waits in that connection's buffer until it is writable
+    watchdog:       calls ChatRoom.tick once in a while (timeouts, keepalive)
+
+Why this shape (README, "Design", has the figures):
+- A thread per connection reads, so the code for one client reads top to
+  bottom, as in the simplest socket tutorial.
+- No thread ever blocks on another client's socket. Only the flusher writes,
+  and it writes with MSG_DONTWAIT: a client that stops reading costs the others
+  nothing ([ORDER-6]), and is dropped once `outbound_max` bytes wait for it
+  ([LIMIT-6]).
+- A broadcast costs one append however many people are in the room; the
+  flusher then hands each recipient everything that accumulated since its last
+  pass in one send(). Under load, lines batch up by themselves.
+- One lock guards the room and the queues. A command's actions are applied
+  under it in one go, so each command takes effect at a single instant
+  ([ORDER-1]) and everyone sees the room in the same order ([ORDER-2]).
+
+The rules themselves (who may do what, who receives which line) live in
+chat/state.py; the wire format in chat/protocol.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+
+from chat.limits import Limits
+from chat.protocol import LineBuffer
+from chat.state import (Action, Broadcast, ChatRoom, Close, Register, Send, Session,
+                        TokenBucket, Unregister)
+
+log = logging.getLogger("chat.server")
+
+#: Bytes asked of recv() at a time: several full lines, one page of memory.
+RECV_SIZE = 4096
+#: listen() backlog. The original project used 5, and connecting clients timed
+#: out under a burst; the kernel caps this at net.core.somaxconn anyway.
+LISTEN_BACKLOG = 4096
+#: Seconds an orderly close waits for a client to take its last lines
+#: ([STATE-2]) before the connection is cut regardless.
+CLOSE_GRACE = 2.0
+#: Seconds [LIMIT-7] allows for delivering queued lines at shutdown.
+SHUTDOWN_GRACE = 1.0
+#: How often the watchdog looks at the clock. Timeouts are whole seconds in
+#: HELLO, so a tenth of a second is precise enough and costs nothing.
+WATCHDOG_PERIOD = 0.1
+
+
+class Connection:
+    """One client's socket, its line buffer, and what waits to be sent to it.
+
+    The fields below the lock comment belong to the server's lock; `outbuf`
+    belongs to the flusher thread alone.
+    """
+
+    def __init__(self, sock: socket.socket, address: str, session: Session, limits: Limits) -> None:
+        self.sock = sock
+        self.address = address
+        self.session = session
+        self.lines = LineBuffer(limits.line_max)
+        self.flood = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+        self.reader: threading.Thread | None = None
+        #: Set by the flusher once it will touch this socket no more; only then
+        #: may the reader close it (closing earlier could let a new connection
+        #: reuse the file descriptor while the flusher still writes to it).
+        self.flushed = threading.Event()
+        self._socket_lock = threading.Lock()
+        self._socket_closed = False
+
+        # -- guarded by ChatServer._lock --
+        #: Offset in the room's current batch from which broadcasts reach this
+        #: connection (0 for a member since before the batch), or None.
+        self.room_from: int | None = None
+        #: Offset at which it stopped receiving broadcasts, if it left.
+        self.room_to: int | None = None
+        #: Lines for this connection only, with the batch offset they follow.
+        self.personal: list[tuple[int, bytes]] = []
+        #: When to cut the connection even if lines are still unsent.
+        self.close_deadline: float | None = None
+
+        # -- the flusher's alone --
+        self.outbuf = bytearray()
+
+    def take(self, batch: bytes) -> bytes:
+        """This connection's share of the batch, personal lines in place. Locked."""
+        if self.room_from == 0 and self.room_to is None and not self.personal:
+            return batch  # The common case: a member with nothing of its own.
+        parts = []
+        position = self.room_from
+        end = len(batch) if self.room_to is None else self.room_to
+        for offset, line in self.personal:
+            if position is not None and offset > position:
+                parts.append(batch[position:min(offset, end)])
+                position = max(position, min(offset, end))
+            parts.append(line)
+        if position is not None and end > position:
+            parts.append(batch[position:end])
+        self.personal = []
+        self.room_from = 0 if self.room_from is not None and self.room_to is None else None
+        self.room_to = None
+        return b"".join(parts)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Send what the socket takes without blocking; how many bytes went."""
+        try:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def shutdown(self, how: int) -> None:
+        with self._socket_lock:
+            if not self._socket_closed:
+                try:
+                    self.sock.shutdown(how)
+                except OSError:
+                    pass  # Already disconnected: nothing left to shut.
+
+    def close(self) -> None:
+        with self._socket_lock:
+            self._socket_closed = True
+            self.sock.close()
+
+
+class ChatServer:
+    """A chat/1 server bound to (host, port) as soon as it is constructed.
+
+    `serve_forever()` accepts connections in the calling thread until
+    `request_stop()`; `start()` does the same in a background thread.
+    `shutdown()` stops everything and joins every thread; it may be called from
+    any thread but the one running serve_forever (signal handlers call
+    `request_stop()` instead). Also a context manager.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5000,
+                 limits: Limits = Limits()) -> None:
+        self.limits = limits
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        self._listener.setblocking(False)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+
+        self._lock = threading.Lock()
+        self._room = ChatRoom(limits)
+        self._connections: dict[Session, Connection] = {}
+        self._members: set[Connection] = set()   # connections receiving broadcasts
+        self._dirty: set[Connection] = set()     # connections the flusher must visit
+        self._batch = bytearray()                 # broadcast lines since the last pass
+
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        # The flusher sleeps in select(); a byte on this pair wakes it. The
+        # flag keeps it to one byte per pass, however many lines arrive.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._wake_pending = False
+        self._flusher = threading.Thread(target=self._flush_forever, name="flusher")
+        self._watchdog = threading.Thread(target=self._watch_forever, name="watchdog")
+        self._serving: threading.Thread | None = None
+        self._flusher.start()
+        self._watchdog.start()
+
+    # -- accepting ------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                # A timeout rather than a wake-up byte keeps this loop simple;
+                # request_stop() is noticed within WATCHDOG_PERIOD.
+                if not selector.select(WATCHDOG_PERIOD):
+                    continue
+                # Take every waiting connection, not one per select: a burst
+                # of connects is served at the rate accept() allows.
+                while True:
+                    try:
+                        sock, peer = self._listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as error:
+                        log.warning("accept failed: %s", error)  # e.g. out of fds
+                        break
+                    self._admit(sock, peer[0])
+
+    def _admit(self, sock: socket.socket, address: str) -> None:
+        # Without TCP_NODELAY, Nagle's algorithm holds small lines back for up
+        # to 40 ms waiting for more: it put 20 ms on other servers' p99.
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            session, actions = self._room.connect(address, time.monotonic())
+            connection = Connection(sock, address, session, self.limits)
+            self._connections[session] = connection
+            self._apply(actions)
+        connection.reader = threading.Thread(
+            target=self._serve_connection, args=(connection,),
+            name=f"client-{session.id}", daemon=True)
+        connection.reader.start()
+
+    # -- reading: one thread per connection -----------------------------------
+
+    def _serve_connection(self, connection: Connection) -> None:
+        session = connection.session
+        at_eof = False
+        try:
+            while not session.closing:
+                data = connection.sock.recv(RECV_SIZE)
+                if not data:
+                    at_eof = True
+                    break
+                for item in connection.lines.feed(data):
+                    # [LIMIT-4]: wait out a flood here; the client's further
+                    # bytes wait in the kernel, and TCP slows it down.
+                    delay = connection.flood.delay(time.monotonic())
+                    if delay and self._stopping.wait(delay):
+                        break
+                    with self._lock:
+                        self._apply(self._room.handle(session, item, time.monotonic()))
+                    if session.closing:
+                        break
+        except OSError:
+            at_eof = True  # Reset or shut down: that peer is gone, nothing more.
+        except Exception:
+            # A bug, never the client's fault: log it, drop this client only.
+            log.exception("connection %s from %s failed", session.id, connection.address)
+        with self._lock:
+            self._apply(self._room.disconnect(session, "closed"))
+        if not at_eof:
+            self._drain(connection)
+        connection.flushed.wait()
+        connection.close()
+
+    def _drain(self, connection: Connection) -> None:
+        """Read and discard until the client closes.
+
+        Closing a socket with unread bytes in it makes the kernel send a reset,
+        which can destroy the last lines still on their way to the client (its
+        own LEAVE, say). So the reader keeps reading until the client closes,
+        or until the flusher cuts the connection after CLOSE_GRACE.
+        """
+        try:
+            while connection.sock.recv(RECV_SIZE):
+                pass
+        except OSError:
+            pass
+
+    # -- applying the room's actions (always under self._lock) ---------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Broadcast):
+                self._batch += action.line
+                continue
+            connection = self._connections[action.session]
+            if isinstance(action, Send):
+                connection.personal.append((len(self._batch), action.line))
+            elif isinstance(action, Register):
+                connection.room_from = len(self._batch)
+                self._members.add(connection)
+            elif isinstance(action, Unregister):
+                connection.room_to = len(self._batch)
+                self._members.discard(connection)
+            elif isinstance(action, Close) and connection.close_deadline is None:
+                grace = SHUTDOWN_GRACE if self._stopping.is_set() else CLOSE_GRACE
+                connection.close_deadline = time.monotonic() + grace
+            self._dirty.add(connection)
+        if actions and not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._wake_writer.send(b"\0")
+            except BlockingIOError:
+                pass  # The flusher has a wake-up byte waiting already.
+
+    # -- writing: the flusher thread -------------------------------------------
+
+    def _flush_forever(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            waiting: set[Connection] = set()   # registered for EVENT_WRITE
+            closing: set[Connection] = set()   # to finish once sent, or at their deadline
+            lingering: list[tuple[float, Connection]] = []  # finished; cut at the deadline
+            while not (self._stopped.is_set() and not self._connections):
+                timeout = WATCHDOG_PERIOD if closing or lingering else None
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is self._wake_reader:
+                        self._drain_wake_ups()
+                with self._lock:
+                    self._wake_pending = False
+                    batch = bytes(self._batch)
+                    self._batch.clear()
+                    # Members get the batch; an empty batch concerns only the
+                    # connections something happened to.
+                    targets = self._dirty | self._members if batch else set(self._dirty)
+                    self._dirty.clear()
+                    visits = [(c, c.take(batch)) for c in targets]
+                for connection, data in visits:
+                    if connection.close_deadline is not None:
+                        closing.add(connection)
+                    if data:
+                        self._deliver(connection, data)
+                for connection in list(waiting):
+                    self._deliver(connection, b"")
+                for connection in closing | {c for c, d in visits if d}:
+                    wants_write = bool(connection.outbuf)
+                    if wants_write and connection not in waiting:
+                        selector.register(connection.sock, selectors.EVENT_WRITE, connection)
+                        waiting.add(connection)
+                    elif not wants_write and connection in waiting:
+                        selector.unregister(connection.sock)
+                        waiting.discard(connection)
+                now = time.monotonic()
+                for connection in list(closing):
+                    if not connection.outbuf or now >= connection.close_deadline:
+                        if connection in waiting:
+                            selector.unregister(connection.sock)
+                            waiting.discard(connection)
+                        closing.discard(connection)
+                        if self._finish(connection, cut=bool(connection.outbuf)):
+                            lingering.append((now + CLOSE_GRACE, connection))
+                while lingering and (lingering[0][0] <= now or self._stopping.is_set()):
+                    lingering.pop(0)[1].shutdown(socket.SHUT_RDWR)
+
+    def _drain_wake_ups(self) -> None:
+        try:
+            while self._wake_reader.recv(RECV_SIZE):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _deliver(self, connection: Connection, data: bytes) -> None:
+        """Send what the socket takes, keep the rest; drop the client if too much
+        waits ([LIMIT-6]). Flusher thread only."""
+        try:
+            if connection.outbuf:
+                connection.outbuf += data
+                del connection.outbuf[:connection.send_nowait(connection.outbuf)]
+            else:
+                sent = connection.send_nowait(data)
+                connection.outbuf += memoryview(data)[sent:]
+        except OSError:
+            connection.outbuf.clear()  # Gone: its reader sees that and cleans up.
+        limit = self.limits.outbound_max
+        if limit and len(connection.outbuf) > limit and connection.close_deadline is None:
+            with self._lock:
+                self._apply(self._room.slow_consumer(connection.session))
+                connection.close_deadline = time.monotonic()  # Cut it now.
+
+    def _finish(self, connection: Connection, cut: bool) -> bool:
+        """Free the slot, then end the connection ([LIMIT-3], [STATE-2]).
+
+        Returns whether the connection lingers: half-closed, waiting for the
+        client to close its side (see _drain) until CLOSE_GRACE runs out.
+        """
+        with self._lock:
+            self._room.release(connection.session)
+            self._connections.pop(connection.session, None)
+            self._members.discard(connection)
+            self._dirty.discard(connection)
+        connection.outbuf.clear()
+        # SHUT_WR sends FIN after the lines already sent. A cut (lines left
+        # unsent, or the server stopping) shuts reading too, which wakes the
+        # reader thread at once.
+        cut = cut or self._stopping.is_set()
+        connection.shutdown(socket.SHUT_RDWR if cut else socket.SHUT_WR)
+        connection.flushed.set()
+        return not cut
+
+    # -- time ---------------------------------------------------------------------
+
+    def _watch_forever(self) -> None:
+        while not self._stopped.wait(WATCHDOG_PERIOD):
+            with self._lock:
+                self._apply(self._room.tick(time.monotonic()))
+
+    # -- starting and stopping -------------------------------------------------------
+
+    def start(self) -> ChatServer:
+        self._serving = threading.Thread(target=self.serve_forever, name="acceptor")
+        self._serving.start()
+        return self
+
+    def request_stop(self) -> None:
+        """Make serve_forever return soon. Safe from a signal handler."""
+        self._stopping.set()
+
+    def shutdown(self) -> None:
+        """[LIMIT-7]: tell everyone, deliver what can be delivered, join all threads."""
+        self.request_stop()
+        if self._serving is not None:
+            self._serving.join()
+        self._listener.close()
+        with self._lock:
+            self._apply(self._room.shutdown())
+            readers = [c.reader for c in self._connections.values() if c.reader]
+        for reader in readers:
+            reader.join()
+        self._stopped.set()
+        self._wake_writer.send(b"\0")
+        self._flusher.join()
+        self._watchdog.join()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    def __enter__(self) -> ChatServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+
+# -- command line -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Limits()
+    parser = argparse.ArgumentParser(
+        prog="chat-server",
+        description="The reference chat/1 server (see SPEC.md). Stop it with Ctrl-C or SIGTERM.",
+        epilog="Every limit can be set to 0 to switch it off. The room password is read "
+               "from the CHAT_PASSWORD environment variable or --password-file, so that "
+               "it does not show in ps.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; "
+                             "0.0.0.0 or :: exposes the server to the network)")
+    parser.add_argument("--port", type=int, default=5000, help="TCP port (default 5000; 0 picks a free one)")
+    limit_options = [
+        ("--max-clients", "max_clients", int, "open connections in all"),
+        ("--max-per-address", "max_per_address", int, "open connections per IP address"),
+        ("--register-timeout", "register_timeout", float, "seconds to send USER"),
+        ("--ping-interval", "ping_interval", float, "seconds of silence before the server PINGs"),
+        ("--ping-timeout", "ping_timeout", float, "seconds to answer the server's PING"),
+        ("--flood-rate", "flood_rate", float, "lines per second per connection"),
+        ("--flood-burst", "flood_burst", int, "lines per connection in a burst"),
+        ("--outbound-max", "outbound_max", int, "bytes queued for a client before it is dropped"),
+    ]
+    for option, field, kind, text in limit_options:
+        default = getattr(defaults, field)
+        parser.add_argument(option, dest=field, type=kind, default=default,
+                            help=f"{text} (default {default:g})")
+    parser.add_argument("--password-file", help="file whose first line is the room password")
+    parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    return parser
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    password = os.environ.get("CHAT_PASSWORD") or None
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as file:
+            password = file.readline().rstrip("\r\n") or None
+    fields = {name: getattr(args, name) for name in (
+        "max_clients", "max_per_address", "register_timeout", "ping_interval",
+        "ping_timeout", "flood_rate", "flood_burst", "outbound_max")}
+    return Limits(password=password, **fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    # Reader threads need little stack; 256 KiB instead of 8 MiB keeps ten
+    # thousand of them within the address space and their memory small.
+    threading.stack_size(256 * 1024)
+    try:
+        server = ChatServer(args.host, args.port, limits_from_args(args))
+    except OSError as error:
+        print(f"chat-server: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        return 1
+    host, port = server.address
+    print(f"chat server listening on {host}:{port}", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        server.request_stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.serve_forever()
+    server.shutdown()
+    print("chat server stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

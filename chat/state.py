@@ -1,0 +1,298 @@
+"""The chat room: who is connected, who is registered, who receives which line.
+
+Pure logic, like chat/protocol.py: no sockets, no threads, no clock. Each call
+takes what happened (a line arrived, a connection ended, time passed) and
+returns a list of actions for the server to carry out, in order:
+
+    Register(s)    s is now a member of the room: broadcasts from here on reach it
+    Broadcast(b)   append line b to the output of every registered session
+    Send(s, b)     append line b to the output of session s only
+    Unregister(s)  s leaves the room: later broadcasts no longer reach it
+    Close(s)       deliver what is queued for s, then close its connection
+
+The server applies one call's actions under one lock, which is what makes each
+command take effect at a single instant ([ORDER-1]). Time is passed in as
+`now` (seconds, monotonic) so that timeouts are tested without waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import itertools
+
+from chat import protocol
+from chat.limits import Limits
+from chat.protocol import ErrorCode, ProtocolError
+
+
+class TokenBucket:
+    """Flood control ([LIMIT-4]): `rate` lines a second, bursts of `burst`.
+
+    `delay(now)` takes one line's worth of allowance and says how long to
+    wait before handling that line (0.0: at once). The server waits instead
+    of dropping the line, so nothing a client sent is lost.
+    """
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._updated = now
+
+    def delay(self, now: float) -> float:
+        if self.rate <= 0:
+            return 0.0
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        self._tokens -= 1.0
+        # Negative tokens are a debt: the line may be handled once it is repaid.
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+@dataclasses.dataclass(eq=False)
+class Session:
+    """One connection as the room sees it. Compared by identity."""
+
+    id: int
+    address: str
+    connected_at: float
+    #: The name as registered ([NAME-3]), None until USER succeeds.
+    name: str | None = None
+    password_accepted: bool = False
+    #: [KEEP-1] when the last complete line arrived.
+    last_heard: float = 0.0
+    #: [KEEP-2] when the server's unanswered PING went out, if one is out.
+    ping_sent_at: float | None = None
+    #: Set once a Close action was issued: nothing more is handled.
+    closing: bool = False
+    #: Whether this session holds a connection slot ([LIMIT-1], [LIMIT-2]).
+    counted: bool = False
+
+    @property
+    def registered(self) -> bool:
+        return self.name is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Register:
+    session: Session
+
+
+@dataclasses.dataclass(frozen=True)
+class Broadcast:
+    line: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Send:
+    session: Session
+    line: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregister:
+    session: Session
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    session: Session
+
+
+Action = Register | Broadcast | Send | Unregister | Close
+
+
+class ChatRoom:
+    """The registry of names and the rules of SPEC.md sections 5 to 11."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        #: Registered sessions by name_key, in the order they joined.
+        self._members: dict[str, Session] = {}
+        #: Open connections per address, for [LIMIT-2].
+        self._per_address: dict[str, int] = {}
+        self._open = 0
+        self._sessions: set[Session] = set()
+        self._ids = itertools.count(1)
+        self._ping_tokens = itertools.count(1)
+
+    # -- connections --------------------------------------------------------
+
+    def connect(self, address: str, now: float) -> tuple[Session, list[Action]]:
+        """A connection arrived: greet it, or refuse it if a limit is reached."""
+        session = Session(next(self._ids), address, connected_at=now, last_heard=now)
+        limits = self.limits
+        if limits.max_clients and self._open >= limits.max_clients:
+            return session, self._fail(session, ErrorCode.SERVER_FULL,
+                                       f"the server holds {limits.max_clients} connections at most")
+        if limits.max_per_address and self._per_address.get(address, 0) >= limits.max_per_address:
+            return session, self._fail(session, ErrorCode.TOO_MANY_CONNECTIONS,
+                                       f"at most {limits.max_per_address} connections per address")
+        session.counted = True
+        self._open += 1
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._sessions.add(session)
+        return session, [Send(session, protocol.format_hello(limits))]
+
+    def release(self, session: Session) -> None:
+        """The server is about to close the connection: free its slot ([LIMIT-3])."""
+        self._sessions.discard(session)
+        if not session.counted:
+            return
+        session.counted = False
+        self._open -= 1
+        remaining = self._per_address[session.address] - 1
+        if remaining:
+            self._per_address[session.address] = remaining
+        else:
+            del self._per_address[session.address]
+
+    def disconnect(self, session: Session, reason: str) -> list[Action]:
+        """The connection ended without LEAVE: 'closed', 'timeout' or 'slow' ([LEAVE-3])."""
+        if session.closing:
+            return []
+        actions = self._leave(session, reason, include_leaver=False)
+        return actions + [Close(session)]
+
+    # -- lines --------------------------------------------------------------
+
+    def handle(self, session: Session, item: bytes | ProtocolError, now: float) -> list[Action]:
+        """One line from the LineBuffer (or its framing error) from `session`."""
+        if session.closing:
+            return []  # [STATE-2]: a closed session does nothing more.
+        session.last_heard = now  # [KEEP-1]
+        session.ping_sent_at = None
+        try:
+            if isinstance(item, ProtocolError):
+                raise item
+            command = protocol.parse_command(item)
+            if command is None:
+                return []  # [FRAME-9]
+            return self._dispatch(session, command)
+        except ProtocolError as error:
+            return self._fail(session, error.code, error.text)
+
+    def _dispatch(self, session: Session, command: protocol.Command) -> list[Action]:
+        if isinstance(command, protocol.Ping):
+            return [Send(session, protocol.format_pong(command.token))]  # [PING-1]
+        if isinstance(command, protocol.Pong):
+            return []  # [PING-3]
+        if isinstance(command, protocol.Leave):
+            return self._leave(session, "quit", include_leaver=True) + [Close(session)]
+        if isinstance(command, protocol.Pass):
+            return self._pass(session, command)
+        if isinstance(command, protocol.User):
+            return self._user(session, command)
+        if not session.registered:
+            raise ProtocolError(ErrorCode.NOT_REGISTERED, "choose a name first: USER <name>")
+        if isinstance(command, protocol.Msg):
+            return [Broadcast(protocol.format_msg(session.name, command.text))]  # [MSG-1]
+        if isinstance(command, protocol.Pm):
+            return self._pm(session, command)
+        return self._users(session)
+
+    def _pass(self, session: Session, command: protocol.Pass) -> list[Action]:
+        if session.registered:
+            raise ProtocolError(ErrorCode.ALREADY_REGISTERED, "PASS comes before USER")
+        expected = self.limits.password
+        if expected is not None and not _same_secret(command.password, expected):
+            return self._fail(session, ErrorCode.BAD_PASSWORD, "wrong password")  # [PASS-3]
+        session.password_accepted = True
+        return [Send(session, protocol.format_ok_pass())]  # [PASS-2], [PASS-4]
+
+    def _user(self, session: Session, command: protocol.User) -> list[Action]:
+        # The order of these checks is [STATE-1]'s.
+        if session.registered:
+            raise ProtocolError(ErrorCode.ALREADY_REGISTERED, f"you are {session.name} already")
+        if self.limits.password is not None and not session.password_accepted:
+            raise ProtocolError(ErrorCode.PASSWORD_REQUIRED, "send PASS <password> first")
+        name = command.name
+        if not protocol.is_valid_name(name):
+            raise ProtocolError(
+                ErrorCode.BAD_NAME,
+                f"a name is a letter, then up to {self.limits.name_max - 1} letters, digits, _ or -",
+            )
+        key = protocol.name_key(name)
+        if key in self._members:
+            raise ProtocolError(ErrorCode.NAME_TAKEN, f"{name} is taken")  # [NAME-2]
+        session.name = name
+        self._members[key] = session
+        # Register first, so that the JOIN reaches the newcomer too ([USER-1]).
+        return [Register(session), Broadcast(protocol.format_join(name))]
+
+    def _pm(self, session: Session, command: protocol.Pm) -> list[Action]:
+        recipient = self._members.get(protocol.name_key(command.name))
+        if recipient is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"{command.name} is not online")
+        line = protocol.format_pm(session.name, recipient.name, command.text)
+        if recipient is session:
+            return [Send(session, line)]  # [PM-2]: once, not twice.
+        return [Send(recipient, line), Send(session, line)]  # [PM-1]
+
+    def _users(self, session: Session) -> list[Action]:
+        names = [member.name for member in self._members.values()]
+        return [Send(session, line) for line in protocol.format_names(names, self.limits.line_max)]
+
+    # -- leaving and failing -------------------------------------------------
+
+    def _leave(self, session: Session, reason: str, *, include_leaver: bool) -> list[Action]:
+        session.closing = True
+        if not session.registered:
+            return []  # [LEAVE-2]
+        del self._members[protocol.name_key(session.name)]  # [NAME-4]
+        line = protocol.format_leave(session.name, reason)
+        if include_leaver:
+            # [LEAVE-1]: the leaver sees its own LEAVE, as its reply.
+            return [Broadcast(line), Unregister(session)]
+        return [Unregister(session), Broadcast(line)]  # [LEAVE-3]
+
+    def _fail(self, session: Session, code: ErrorCode, text: str) -> list[Action]:
+        """The ERR reply for `code`, and the close that [ERR-2] demands for some."""
+        actions: list[Action] = [Send(session, protocol.format_error(code, text))]
+        if code.closes:
+            actions += self.disconnect(session, "closed")
+        return actions
+
+    # -- time and shutdown ----------------------------------------------------
+
+    def tick(self, now: float) -> list[Action]:
+        """Registration timeouts and keepalive ([KEEP-2], [KEEP-3])."""
+        limits = self.limits
+        actions: list[Action] = []
+        for session in sorted(self._sessions, key=lambda s: s.id):
+            if session.closing:
+                continue
+            if (limits.register_timeout and not session.registered
+                    and now - session.connected_at >= limits.register_timeout):
+                actions += self._fail(session, ErrorCode.REGISTRATION_TIMEOUT,
+                                      f"no USER within {limits.register_timeout:g} s")
+            elif limits.ping_interval and session.ping_sent_at is None:
+                if now - session.last_heard >= limits.ping_interval:
+                    session.ping_sent_at = now
+                    token = f"keepalive-{next(self._ping_tokens)}"
+                    actions.append(Send(session, protocol.format_ping(token)))
+            elif limits.ping_interval and now - session.ping_sent_at >= limits.ping_timeout:
+                actions.append(Send(session, protocol.format_error(
+                    ErrorCode.PING_TIMEOUT, f"no answer to PING within {limits.ping_timeout:g} s")))
+                actions += self.disconnect(session, "timeout")
+        return actions
+
+    def shutdown(self) -> list[Action]:
+        """[LIMIT-7]: tell every open connection, then close them all."""
+        actions: list[Action] = []
+        for session in sorted(self._sessions, key=lambda s: s.id):
+            if not session.closing:
+                session.closing = True
+                actions += [Send(session, protocol.format_error(
+                    ErrorCode.SHUTTING_DOWN, "the server is shutting down")), Close(session)]
+        return actions
+
+    def slow_consumer(self, session: Session) -> list[Action]:
+        """[LIMIT-6]: `session` fell `outbound_max` bytes behind; drop it."""
+        return self.disconnect(session, "slow")
+
+
+def _same_secret(given: str, expected: str) -> bool:
+    """[PASS-5]: compare in time that does not leak how much matched."""
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
