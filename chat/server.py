@@ -52,6 +52,10 @@ RECV_SIZE = 4096
 #: listen() backlog. The original project used 5, and connecting clients timed
 #: out under a burst; the kernel caps this at net.core.somaxconn anyway.
 LISTEN_BACKLOG = 4096
+#: The kernel's share of one client's backlog (SO_SNDBUF). Left alone, Linux
+#: grows it to 4 MiB, so a stalled reader could hold megabytes before
+#: `outbound_max` even starts counting; 64 KiB is still many batches of lines.
+SEND_BUFFER = 64 * 1024
 #: Seconds an orderly close waits for a client to take its last lines
 #: ([STATE-2]) before the connection is cut regardless.
 CLOSE_GRACE = 2.0
@@ -203,6 +207,7 @@ class ChatServer:
         # to 40 ms waiting for more: it put 20 ms on other servers' p99.
         sock.setblocking(True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         with self._lock:
             session, actions = self._room.connect(address, time.monotonic())
             connection = Connection(sock, address, session, self.limits)
@@ -308,15 +313,19 @@ class ChatServer:
                     # connections something happened to.
                     targets = self._dirty | self._members if batch else set(self._dirty)
                     self._dirty.clear()
-                    visits = [(c, c.take(batch)) for c in targets]
-                for connection, data in visits:
-                    if connection.close_deadline is not None:
+                    # Whether to close is decided here, under the lock, together
+                    # with the lines taken: a LEAVE applied just after this pass
+                    # must not close the connection before its own LEAVE line
+                    # has gone out with the next pass.
+                    visits = [(c, c.take(batch), c.close_deadline is not None) for c in targets]
+                for connection, data, close_requested in visits:
+                    if close_requested:
                         closing.add(connection)
                     if data:
                         self._deliver(connection, data)
                 for connection in list(waiting):
                     self._deliver(connection, b"")
-                for connection in closing | {c for c, d in visits if d}:
+                for connection in closing | {c for c, data, _ in visits if data}:
                     wants_write = bool(connection.outbuf)
                     if wants_write and connection not in waiting:
                         selector.register(connection.sock, selectors.EVENT_WRITE, connection)
@@ -400,7 +409,11 @@ class ChatServer:
         self._stopping.set()
 
     def shutdown(self) -> None:
-        """[LIMIT-7]: tell everyone, deliver what can be delivered, join all threads."""
+        """[LIMIT-7]: tell everyone, deliver what can be delivered, join all threads.
+
+        Calling it again does nothing."""
+        if self._stopped.is_set():
+            return
         self.request_stop()
         if self._serving is not None:
             self._serving.join()

@@ -1,0 +1,139 @@
+"""Fixtures shared by the tests: a reference server on port 0, and line clients.
+
+Nothing here sleeps: a client waits for the line it expects, with a deadline,
+or uses the PING barrier ([PING-2]).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+
+import pytest
+
+from chat.limits import Limits
+from chat.server import ChatServer
+
+#: Limits for tests: no per-address limit (every test client is 127.0.0.1),
+#: no flood delay, timers off unless a test turns them on.
+TEST_LIMITS = Limits(max_per_address=0, flood_rate=0, register_timeout=0, ping_interval=0)
+
+DEADLINE = 5.0
+_tokens = itertools.count(1)
+
+
+class LineClient:
+    """A raw chat/1 connection for tests: send lines, expect lines."""
+
+    def __init__(self, address: tuple[str, int], family: int = socket.AF_INET) -> None:
+        self.sock = socket.create_connection(address, timeout=DEADLINE)
+        self._buffer = b""
+        self.name: str | None = None
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self, deadline: float = DEADLINE) -> str:
+        """The next line, without its LF. EOFError if the server closed."""
+        end = time.monotonic() + deadline
+        while b"\n" not in self._buffer:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line within {deadline} s; buffered {self._buffer[:80]!r}")
+            self.sock.settimeout(remaining)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise EOFError(f"connection closed; buffered {self._buffer[:80]!r}")
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode("utf-8")
+
+    def expect(self, expected: str) -> None:
+        got = self.line()
+        assert got == expected, f"expected {expected!r}, got {got!r}"
+
+    def expect_prefix(self, prefix: str) -> str:
+        got = self.line()
+        assert got.startswith(prefix), f"expected {prefix!r}..., got {got!r}"
+        return got
+
+    def expect_closed(self) -> None:
+        with pytest.raises(EOFError):
+            line = self.line()
+            raise AssertionError(f"expected the connection to close, got {line!r}")
+
+    def register(self, name: str) -> LineClient:
+        self.expect_prefix("HELLO chat/1 ")
+        self.send(f"USER {name}")
+        self.expect(f"JOIN {name}")
+        self.name = name
+        return self
+
+    def barrier(self) -> list[str]:
+        """PING, and return every line that arrived before its PONG."""
+        token = f"b{next(_tokens)}"
+        self.send(f"PING {token}")
+        lines = []
+        while (line := self.line()) != f"PONG {token}":
+            lines.append(line)
+        return lines
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def make_server():
+    """Start reference servers with the given limits; all are shut down after."""
+    servers = []
+
+    def start(limits: Limits = TEST_LIMITS, host: str = "127.0.0.1") -> ChatServer:
+        server = ChatServer(host, 0, limits).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def server(make_server):
+    return make_server()
+
+
+@pytest.fixture
+def connect(server):
+    """Open LineClients to the `server` fixture; all are closed after."""
+    clients = []
+
+    def open_client(address=None) -> LineClient:
+        client = LineClient(address or server.address)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left_behind():
+    """Every thread a test starts, the test stops."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        left[0].join(deadline - time.monotonic())
+    assert not left, f"threads left running: {left}"
