@@ -36,19 +36,19 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 
 from chat.limits import Limits
 from chat.protocol import LineBuffer
+from chat.transport import PlainTransport, TLSTransport
 from chat.state import (Action, Broadcast, ChatRoom, Close, Register, Send, Session,
                         TokenBucket, Unregister)
 
 log = logging.getLogger("chat.server")
 
-#: Bytes asked of recv() at a time: several full lines, one page of memory.
-RECV_SIZE = 4096
 #: listen() backlog. The original project used 5, and connecting clients timed
 #: out under a burst; the kernel caps this at net.core.somaxconn anyway.
 LISTEN_BACKLOG = 4096
@@ -61,31 +61,32 @@ SEND_BUFFER = 64 * 1024
 CLOSE_GRACE = 2.0
 #: Seconds [LIMIT-7] allows for delivering queued lines at shutdown.
 SHUTDOWN_GRACE = 1.0
+#: Seconds a client has to complete the TLS handshake. It holds a thread but
+#: no slot until then, so this is kept short.
+HANDSHAKE_TIMEOUT = 10.0
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
 #: HELLO, so a tenth of a second is precise enough and costs nothing.
 WATCHDOG_PERIOD = 0.1
 
 
 class Connection:
-    """One client's socket, its line buffer, and what waits to be sent to it.
+    """One client's transport, its line buffer, and what waits to be sent to it.
 
     The fields below the lock comment belong to the server's lock; `outbuf`
     belongs to the flusher thread alone.
     """
 
-    def __init__(self, sock: socket.socket, address: str, session: Session, limits: Limits) -> None:
-        self.sock = sock
+    def __init__(self, transport: PlainTransport, address: str, session: Session,
+                 limits: Limits) -> None:
+        self.transport = transport
         self.address = address
         self.session = session
         self.lines = LineBuffer(limits.line_max)
         self.flood = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
-        self.reader: threading.Thread | None = None
         #: Set by the flusher once it will touch this socket no more; only then
         #: may the reader close it (closing earlier could let a new connection
         #: reuse the file descriptor while the flusher still writes to it).
         self.flushed = threading.Event()
-        self._socket_lock = threading.Lock()
-        self._socket_closed = False
 
         # -- guarded by ChatServer._lock --
         #: Offset in the room's current batch from which broadcasts reach this
@@ -99,7 +100,12 @@ class Connection:
         self.close_deadline: float | None = None
 
         # -- the flusher's alone --
+        #: Plaintext not yet taken by the transport.
         self.outbuf = bytearray()
+
+    def backlog(self) -> int:
+        """Bytes queued for this client that its socket has not accepted. Flusher."""
+        return len(self.outbuf) + self.transport.unsent()
 
     def take(self, batch: bytes) -> bytes:
         """This connection's share of the batch, personal lines in place. Locked."""
@@ -120,30 +126,12 @@ class Connection:
         self.room_to = None
         return b"".join(parts)
 
-    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
-        """Send what the socket takes without blocking; how many bytes went."""
-        try:
-            return self.sock.send(data, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return 0
-
-    def shutdown(self, how: int) -> None:
-        with self._socket_lock:
-            if not self._socket_closed:
-                try:
-                    self.sock.shutdown(how)
-                except OSError:
-                    pass  # Already disconnected: nothing left to shut.
-
-    def close(self) -> None:
-        with self._socket_lock:
-            self._socket_closed = True
-            self.sock.close()
-
 
 class ChatServer:
-    """A chat/1 server bound to (host, port) as soon as it is constructed.
+    """A chat/1 server, bound and listening as soon as it is constructed.
 
+    It listens in the clear on (host, port), and with TLS on (host, tls_port)
+    when given an ssl.SSLContext; port=None leaves out the plain listener.
     `serve_forever()` accepts connections in the calling thread until
     `request_stop()`; `start()` does the same in a background thread.
     `shutdown()` stops everything and joins every thread; it may be called from
@@ -151,13 +139,22 @@ class ChatServer:
     `request_stop()` instead). Also a context manager.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 5000,
-                 limits: Limits = Limits()) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = 5000,
+                 limits: Limits = Limits(), *, tls_context: ssl.SSLContext | None = None,
+                 tls_port: int = 0) -> None:
         self.limits = limits
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-        self._listener.setblocking(False)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        #: (listening socket, TLS context or None) for each listener.
+        self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
+        self.address: tuple[str, int] | None = None
+        self.tls_address: tuple[str, int] | None = None
+        try:
+            if port is not None:
+                self.address = self._listen(host, port, None)
+            if tls_context is not None:
+                self.tls_address = self._listen(host, tls_port, tls_context)
+        except OSError:
+            self._close_listeners()
+            raise
 
         self._lock = threading.Lock()
         self._room = ChatRoom(limits)
@@ -165,6 +162,10 @@ class ChatServer:
         self._members: set[Connection] = set()   # connections receiving broadcasts
         self._dirty: set[Connection] = set()     # connections the flusher must visit
         self._batch = bytearray()                 # broadcast lines since the last pass
+        #: Every connection thread, and the transports still in their TLS
+        #: handshake (not yet in _connections), so shutdown can reach them.
+        self._threads: set[threading.Thread] = set()
+        self._handshaking: set[PlainTransport] = set()
 
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -180,52 +181,95 @@ class ChatServer:
         self._flusher.start()
         self._watchdog.start()
 
+    def _listen(self, host: str, port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+        listener.setblocking(False)
+        self._listeners.append((listener, context))
+        return listener.getsockname()[:2]
+
+    def _close_listeners(self) -> None:
+        for listener, _ in self._listeners:
+            listener.close()
+
     # -- accepting ------------------------------------------------------------
 
     def serve_forever(self) -> None:
         with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
+            for listener, context in self._listeners:
+                selector.register(listener, selectors.EVENT_READ, context)
             while not self._stopping.is_set():
                 # A timeout rather than a wake-up byte keeps this loop simple;
                 # request_stop() is noticed within WATCHDOG_PERIOD.
-                if not selector.select(WATCHDOG_PERIOD):
-                    continue
-                # Take every waiting connection, not one per select: a burst
-                # of connects is served at the rate accept() allows.
-                while True:
-                    try:
-                        sock, peer = self._listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except OSError as error:
-                        log.warning("accept failed: %s", error)  # e.g. out of fds
-                        break
-                    self._admit(sock, peer[0])
+                for key, _ in selector.select(WATCHDOG_PERIOD):
+                    self._accept_all(key.fileobj, key.data)
 
-    def _admit(self, sock: socket.socket, address: str) -> None:
-        # Without TCP_NODELAY, Nagle's algorithm holds small lines back for up
-        # to 40 ms waiting for more: it put 20 ms on other servers' p99.
-        sock.setblocking(True)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        with self._lock:
-            session, actions = self._room.connect(address, time.monotonic())
-            connection = Connection(sock, address, session, self.limits)
-            self._connections[session] = connection
-            self._apply(actions)
-        connection.reader = threading.Thread(
-            target=self._serve_connection, args=(connection,),
-            name=f"client-{session.id}", daemon=True)
-        connection.reader.start()
+    def _accept_all(self, listener: socket.socket, context: ssl.SSLContext | None) -> None:
+        # Take every waiting connection, not one per select: a burst of
+        # connects is served at the rate accept() allows.
+        while True:
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("accept failed: %s", error)  # e.g. out of file descriptors
+                return
+            thread = threading.Thread(target=self._serve_connection, args=(sock, peer[0], context),
+                                      name=f"client-{peer[0]}:{peer[1]}", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
 
     # -- reading: one thread per connection -----------------------------------
 
-    def _serve_connection(self, connection: Connection) -> None:
+    def _serve_connection(self, sock: socket.socket, address: str,
+                          context: ssl.SSLContext | None) -> None:
+        try:
+            connection = self._admit(sock, address, context)
+            if connection is not None:
+                self._read_lines(connection)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _admit(self, sock: socket.socket, address: str,
+               context: ssl.SSLContext | None) -> Connection | None:
+        """Set the socket up, agree on TLS, and greet the client (or refuse it)."""
+        sock.setblocking(True)
+        # Without TCP_NODELAY, Nagle's algorithm holds small lines back for up
+        # to 40 ms waiting for more: it put 20 ms on other servers' p99.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        transport = PlainTransport(sock) if context is None else TLSTransport(sock, context)
+        with self._lock:
+            self._handshaking.add(transport)
+        try:
+            transport.handshake(HANDSHAKE_TIMEOUT)
+            agreed = True
+        except OSError as error:
+            log.info("TLS handshake with %s failed: %s", address, error)
+            agreed = False
+        with self._lock:
+            self._handshaking.discard(transport)
+            # Once shutdown has begun, a newcomer would never be told: refuse it.
+            admitted = agreed and not self._stopping.is_set()
+            if admitted:
+                session, actions = self._room.connect(address, time.monotonic())
+                connection = Connection(transport, address, session, self.limits)
+                self._connections[session] = connection
+                self._apply(actions)
+        if not admitted:
+            transport.close()
+            return None
+        return connection
+
+    def _read_lines(self, connection: Connection) -> None:
         session = connection.session
         at_eof = False
         try:
             while not session.closing:
-                data = connection.sock.recv(RECV_SIZE)
+                data = connection.transport.recv()
                 if not data:
                     at_eof = True
                     break
@@ -249,7 +293,7 @@ class ChatServer:
         if not at_eof:
             self._drain(connection)
         connection.flushed.wait()
-        connection.close()
+        connection.transport.close()
 
     def _drain(self, connection: Connection) -> None:
         """Read and discard until the client closes.
@@ -260,7 +304,7 @@ class ChatServer:
         or until the flusher cuts the connection after CLOSE_GRACE.
         """
         try:
-            while connection.sock.recv(RECV_SIZE):
+            while connection.transport.recv():
                 pass
         except OSError:
             pass
@@ -326,28 +370,28 @@ class ChatServer:
                 for connection in list(waiting):
                     self._deliver(connection, b"")
                 for connection in closing | {c for c, data, _ in visits if data}:
-                    wants_write = bool(connection.outbuf)
+                    wants_write = connection.backlog() > 0
                     if wants_write and connection not in waiting:
-                        selector.register(connection.sock, selectors.EVENT_WRITE, connection)
+                        selector.register(connection.transport.sock, selectors.EVENT_WRITE, connection)
                         waiting.add(connection)
                     elif not wants_write and connection in waiting:
-                        selector.unregister(connection.sock)
+                        selector.unregister(connection.transport.sock)
                         waiting.discard(connection)
                 now = time.monotonic()
                 for connection in list(closing):
-                    if not connection.outbuf or now >= connection.close_deadline:
+                    if not connection.backlog() or now >= connection.close_deadline:
                         if connection in waiting:
-                            selector.unregister(connection.sock)
+                            selector.unregister(connection.transport.sock)
                             waiting.discard(connection)
                         closing.discard(connection)
-                        if self._finish(connection, cut=bool(connection.outbuf)):
+                        if self._finish(connection, cut=connection.backlog() > 0):
                             lingering.append((now + CLOSE_GRACE, connection))
                 while lingering and (lingering[0][0] <= now or self._stopping.is_set()):
-                    lingering.pop(0)[1].shutdown(socket.SHUT_RDWR)
+                    lingering.pop(0)[1].transport.shutdown(socket.SHUT_RDWR)
 
     def _drain_wake_ups(self) -> None:
         try:
-            while self._wake_reader.recv(RECV_SIZE):
+            while self._wake_reader.recv(4096):
                 pass
         except BlockingIOError:
             pass
@@ -355,17 +399,18 @@ class ChatServer:
     def _deliver(self, connection: Connection, data: bytes) -> None:
         """Send what the socket takes, keep the rest; drop the client if too much
         waits ([LIMIT-6]). Flusher thread only."""
+        transport = connection.transport
         try:
             if connection.outbuf:
                 connection.outbuf += data
-                del connection.outbuf[:connection.send_nowait(connection.outbuf)]
+                del connection.outbuf[:transport.send_nowait(connection.outbuf)]
             else:
-                sent = connection.send_nowait(data)
+                sent = transport.send_nowait(data)
                 connection.outbuf += memoryview(data)[sent:]
         except OSError:
             connection.outbuf.clear()  # Gone: its reader sees that and cleans up.
         limit = self.limits.outbound_max
-        if limit and len(connection.outbuf) > limit and connection.close_deadline is None:
+        if limit and connection.backlog() > limit and connection.close_deadline is None:
             with self._lock:
                 self._apply(self._room.slow_consumer(connection.session))
                 connection.close_deadline = time.monotonic()  # Cut it now.
@@ -385,8 +430,10 @@ class ChatServer:
         # SHUT_WR sends FIN after the lines already sent. A cut (lines left
         # unsent, or the server stopping) shuts reading too, which wakes the
         # reader thread at once.
+        if not cut:
+            connection.transport.close_notify()
         cut = cut or self._stopping.is_set()
-        connection.shutdown(socket.SHUT_RDWR if cut else socket.SHUT_WR)
+        connection.transport.shutdown(socket.SHUT_RDWR if cut else socket.SHUT_WR)
         connection.flushed.set()
         return not cut
 
@@ -417,12 +464,20 @@ class ChatServer:
         self.request_stop()
         if self._serving is not None:
             self._serving.join()
-        self._listener.close()
+        self._close_listeners()
         with self._lock:
             self._apply(self._room.shutdown())
-            readers = [c.reader for c in self._connections.values() if c.reader]
-        for reader in readers:
-            reader.join()
+            for transport in self._handshaking:
+                transport.shutdown(socket.SHUT_RDWR)
+        # Connection threads end once the flusher has closed their sockets,
+        # within SHUTDOWN_GRACE; a set that changes is copied under the lock.
+        while True:
+            with self._lock:
+                threads = list(self._threads)
+            if not threads:
+                break
+            for thread in threads:
+                thread.join()
         self._stopped.set()
         self._wake_writer.send(b"\0")
         self._flusher.join()
@@ -467,12 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(option, dest=field, type=kind, default=default,
                             help=f"{text} (default {default:g})")
     parser.add_argument("--password-file", help="file whose first line is the room password")
+    parser.add_argument("--password", help="the room password (visible in ps: prefer CHAT_PASSWORD "
+                                           "or --password-file)")
+    tls = parser.add_argument_group("TLS", "Serve chat/1 inside TLS on a second port, beside "
+                                    "the plain one (SPEC.md [SEC-1]).")
+    tls.add_argument("--tls-cert", help="certificate chain file (PEM)")
+    tls.add_argument("--tls-key", help="private key file (PEM); default: in --tls-cert")
+    tls.add_argument("--tls-port", type=int, default=5001, help="TLS port (default 5001; 0 picks one)")
+    tls.add_argument("--tls-only", action="store_true", help="no plain listener, TLS only")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     return parser
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    password = os.environ.get("CHAT_PASSWORD") or None
+    password = args.password or os.environ.get("CHAT_PASSWORD") or None
     if args.password_file:
         with open(args.password_file, encoding="utf-8") as file:
             password = file.readline().rstrip("\r\n") or None
@@ -489,13 +552,23 @@ def main(argv: list[str] | None = None) -> int:
     # Reader threads need little stack; 256 KiB instead of 8 MiB keeps ten
     # thousand of them within the address space and their memory small.
     threading.stack_size(256 * 1024)
+    tls_context = None
+    if args.tls_cert:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.tls_cert, args.tls_key)
+    elif args.tls_only:
+        print("chat-server: --tls-only needs --tls-cert", file=sys.stderr)
+        return 2
     try:
-        server = ChatServer(args.host, args.port, limits_from_args(args))
+        server = ChatServer(args.host, None if args.tls_only else args.port, limits_from_args(args),
+                            tls_context=tls_context, tls_port=args.tls_port)
     except OSError as error:
-        print(f"chat-server: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
+        print(f"chat-server: cannot listen on {args.host}: {error.strerror}", file=sys.stderr)
         return 1
-    host, port = server.address
-    print(f"chat server listening on {host}:{port}", flush=True)
+    if server.address:
+        print("chat server listening on {}:{}".format(*server.address), flush=True)
+    if server.tls_address:
+        print("chat server listening with TLS on {}:{}".format(*server.tls_address), flush=True)
 
     def stop(signum: int, frame: object) -> None:
         server.request_stop()
