@@ -129,7 +129,7 @@ class LineBuffer:
 # separators, and the bidirectional overrides and isolates.
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # [NAME-1], the `name` rule of the grammar.
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (DEFAULT_NAME_MAX - 1))
+_NAME = re.compile(rf"[A-Za-z][A-Za-z0-9_-]{{0,{DEFAULT_NAME_MAX - 1}}}")
 # The `token` rule: 1 to 64 printable ASCII characters, no space.
 _TOKEN = re.compile(r"[\x21-\x7e]{1,64}")
 

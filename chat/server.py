@@ -43,12 +43,13 @@ import time
 
 from chat.limits import Limits
 from chat.protocol import LineBuffer
+from chat.state import Action, Broadcast, ChatRoom, Close, Register, Send, Session, TokenBucket, Unregister
 from chat.transport import PlainTransport, TLSTransport
-from chat.state import (Action, Broadcast, ChatRoom, Close, Register, Send, Session,
-                        TokenBucket, Unregister)
 
 log = logging.getLogger("chat.server")
 
+#: Limits is frozen, so one default value serves every server.
+DEFAULT_LIMITS = Limits()
 #: listen() backlog. The original project used 5, and connecting clients timed
 #: out under a burst; the kernel caps this at net.core.somaxconn anyway.
 LISTEN_BACKLOG = 4096
@@ -140,7 +141,7 @@ class ChatServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = 5000,
-                 limits: Limits = Limits(), *, tls_context: ssl.SSLContext | None = None,
+                 limits: Limits = DEFAULT_LIMITS, *, tls_context: ssl.SSLContext | None = None,
                  tls_port: int = 0) -> None:
         self.limits = limits
         #: (listening socket, TLS context or None) for each listener.

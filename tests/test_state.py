@@ -5,8 +5,7 @@ import pytest
 from chat import protocol
 from chat.limits import Limits
 from chat.protocol import ErrorCode, ProtocolError
-from chat.state import (Broadcast, ChatRoom, Close, Register, Send, TokenBucket,
-                        Unregister)
+from chat.state import Broadcast, ChatRoom, Close, Register, Send, TokenBucket, Unregister
 
 NO_TIMERS = Limits(register_timeout=0, ping_interval=0, max_per_address=0)
 
@@ -104,13 +103,15 @@ def test_ping_pong_and_empty_lines(room):
 
 
 def test_users_lists_everyone_in_join_order(room):
-    alice, bob = register(room, "alice"), register(room, "bob")
+    register(room, "alice")
+    bob = register(room, "bob")
     assert room.handle(bob, b"USERS", 1.0) == [
         Send(bob, b"NAMES alice bob\n"), Send(bob, b"ENDNAMES 2\n")]
 
 
 def test_leave_reaches_everyone_leaver_first_then_closes(room):
-    alice, bob = register(room, "alice"), register(room, "bob")
+    register(room, "alice")
+    bob = register(room, "bob")
     assert room.handle(bob, b"LEAVE", 1.0) == [
         Broadcast(b"LEAVE bob quit\n"), Unregister(bob), Close(bob)]
     assert bob.closing
@@ -125,7 +126,8 @@ def test_leave_before_user_closes_silently(room):
 
 
 def test_abrupt_disconnect_tells_the_others_once(room):
-    alice, bob = register(room, "alice"), register(room, "bob")
+    register(room, "alice")
+    bob = register(room, "bob")
     assert room.disconnect(bob, "closed") == [
         Unregister(bob), Broadcast(b"LEAVE bob closed\n"), Close(bob)]
     assert room.disconnect(bob, "closed") == []
@@ -149,7 +151,8 @@ def test_max_clients_refuses_with_server_full_and_frees_on_release():
 
 def test_max_per_address_counts_each_address():
     room = ChatRoom(Limits(max_per_address=2))
-    a1, a2 = connect(room, "10.0.0.1"), connect(room, "10.0.0.1")
+    a1 = connect(room, "10.0.0.1")
+    connect(room, "10.0.0.1")
     connect(room, "10.0.0.2")
     refused, actions = room.connect("10.0.0.1", 0.0)
     assert error_code(actions) is ErrorCode.TOO_MANY_CONNECTIONS
