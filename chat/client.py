@@ -1,19 +1,19 @@
 """The reference chat/1 client: a terminal (or a pipe) on one side, a socket on the other.
 
-Three layers, as in the server:
-
     ClientSession   pure: turns what the user types into protocol lines, and the
                     server's lines into text to show. It counts the commands
-                    waiting for their reply, so the client knows when everything
-                    it sent has been accepted. No sockets, no threads: unit-tested.
+                    waiting for their reply, so the client knows when what it
+                    sent was accepted. No sockets, no threads: unit-tested.
     Terminal        the user's side: prompts, reading input, printing without
                     garbling the line being typed.
+    PlainStream     the server's side: a socket, or TLS over it (TLSStream).
     ChatClient      the glue, with two threads:
 
         main thread:    registers (asks for a name when needed), then reads what
-                        the user types and sends it; at the end it waits until
-                        every line sent was acknowledged, sends LEAVE, and waits
-                        (bounded) for the server to close.
+                        the user types and sends it, one command at a time: it
+                        waits for each reply (the echo of a MSG) before the next
+                        prompt. At the end it sends LEAVE and waits, bounded,
+                        for the server to close.
         reader thread:  receives server lines, hands each to the ClientSession,
                         prints what it says, answers PING. When the connection
                         ends it wakes the main thread, even from a blocking
@@ -39,8 +39,17 @@ import time
 from collections.abc import Callable
 
 from chat.limits import DEFAULT_LINE_MAX
-from chat.protocol import (VERSION, ErrorCode, LineBuffer, ProtocolError, hello_params,
-                           is_valid_name, name_key, parse_command, parse_reply)
+from chat.protocol import (
+    VERSION,
+    ErrorCode,
+    LineBuffer,
+    ProtocolError,
+    hello_params,
+    is_valid_name,
+    name_key,
+    parse_command,
+    parse_reply,
+)
 
 #: Bytes asked of recv() at a time.
 RECV_SIZE = 4096
@@ -159,7 +168,7 @@ class ClientSession:
         self.name: str | None = None
         #: Lines sent whose reply has not arrived yet.
         self.unacknowledged = 0
-        #: The code of the latest non-closing ERR: why USER or PASS was refused.
+        #: The code of the latest ERR: why USER or PASS was refused.
         self.last_error: str | None = None
         #: The code of an ERR after which the server closes ([ERR-2]).
         self.closing_error: str | None = None
@@ -190,7 +199,8 @@ class ClientSession:
         if command == "/help":
             return Notice(HELP)
         if command.startswith("/"):
-            return Notice(f"unknown command {command.split()[0]}; /help lists them")
+            return Notice(f"unknown command {command.split()[0]}; "
+                          "try @name text, /users, /quit or /help")
         if typed.startswith("@"):
             # `@name text` is the habit users bring from the original project.
             name, _, text = typed[1:].partition(" ")
@@ -226,10 +236,11 @@ class ClientSession:
 
     def receive(self, line: str) -> Reaction:
         """React to one server line (terminator removed)."""
-        reply = parse_reply(printable(line))
+        line = printable(line)
+        reply = parse_reply(line)
         verb, fields = reply.verb, reply.fields
         if verb not in _REQUIRED_FIELDS or len(fields) < _REQUIRED_FIELDS[verb]:
-            return Reaction(show=f"? {printable(line)}")  # A newer server's line, or a broken one.
+            return Reaction(show=f"? {line}")  # A newer server's line, or a broken one.
         if verb == "HELLO":
             self.server_version = fields[0]
             params = hello_params(reply)  # [GRAM-3]: unknown ones are ignored.
@@ -241,10 +252,12 @@ class ClientSession:
         if verb == "ERR":
             code, text = fields[0], (fields[1] if len(fields) > 1 else "")
             # Only the code counts ([ERR-1]); the text is for the user.
+            self.last_error = code
             if _closes(code):
                 self.closing_error = code
-            else:
-                self.last_error = code
+            # Every ERR but the closing ones is the reply to a command; of
+            # those, only BAD_PASSWORD is, to PASS ([PASS-3]).
+            if not _closes(code) or code == ErrorCode.BAD_PASSWORD.value:
                 self._acknowledged()
             return Reaction(show=f"! {code} {text}".rstrip())
         if verb == "JOIN":
@@ -343,7 +356,7 @@ class Terminal:
                 import readline
                 self._readline = readline
             except ImportError:
-                pass  # Plain input(): typed text is not redrawn, but nothing is lost.
+                pass  # Plain input(): what was typed is not redrawn, but it is kept.
         #: True while the main thread is in read_line() or read_secret(): only
         #: then may the wake signal raise ConnectionEnded there.
         self.reading = False
@@ -359,7 +372,8 @@ class Terminal:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        signal.signal(WAKE_SIGNAL, self._previous_handler)
+        if self._previous_handler is not None:  # None: it was not set from Python.
+            signal.signal(WAKE_SIGNAL, self._previous_handler)
 
     # -- output (any thread) ----------------------------------------------------
 
@@ -379,17 +393,17 @@ class Terminal:
             # The user may be halfway through a line: go back to the start of
             # the prompt's line, erase it (\x1b[K), print the text there, and
             # draw the prompt and what was typed again on the next line.
-            stream.write("\r\x1b[K" + text + "\n")
-            if self._editing:
-                stream.flush()
-                # readline redraws its prompt and buffer itself, with the
-                # cursor where the user left it; writing prompt +
-                # get_line_buffer() ourselves would put it at the end.
-                self._readline.redisplay()
-            else:
-                # Without readline what was typed waits in the kernel, unseen.
-                stream.write(self._prompt)
-                stream.flush()
+            # (Without readline what was typed waits, unseen, in the kernel.)
+            typed = self._readline.get_line_buffer() if self._editing else ""
+            stream.write("\r\x1b[K" + text + "\n" + self._prompt + typed)
+            stream.flush()
+            # The cursor is now at the end of the line. Had the user moved it
+            # left, the line looks wrong (but is right) until Ctrl-L redraws
+            # it. readline.redisplay() would not help: it redraws only what
+            # changed in the buffer since its last drawing, here nothing.
+            # A line that arrives in the very instant readline draws its
+            # prompt can still land inside it; replies to the user's own
+            # commands never do, as the prompt waits for them (_command).
 
     # -- input (main thread only) ---------------------------------------------
 
@@ -444,8 +458,116 @@ class Terminal:
     def _on_wake_signal(self, signum: int, frame: object) -> None:
         # Runs in the main thread. Outside read_line() the main thread finds
         # out that the connection ended by itself, at its next wait or read.
-        if self.reading:
+        # (A SIGUSR1 from elsewhere, with the connection alive, is ignored.)
+        if self.reading and self.connection_ended:
             raise ConnectionEnded
+
+
+# ---------------------------------------------------------------------------
+# The connection: in the clear, or inside TLS
+# ---------------------------------------------------------------------------
+
+
+class PlainStream:
+    """A blocking TCP socket, shared by the reader thread (recv) and the main
+    thread (sendall; the reader's PONGs too)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        #: Two threads send; their lines must not interleave.
+        self._sending = threading.Lock()
+
+    def recv(self) -> bytes:
+        """The next bytes from the server; b"" at the end. Reader thread."""
+        return self.sock.recv(RECV_SIZE)
+
+    def sendall(self, data: bytes) -> None:
+        with self._sending:
+            self.sock.sendall(data)
+
+    def shutdown(self) -> None:
+        """End the connection; wakes the reader thread from recv()."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # Already disconnected.
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TLSStream(PlainStream):
+    """TLS over the socket through ssl.MemoryBIO; the socket stays plain.
+
+    An OpenSSL connection must not be used by two threads at once, and here
+    one thread reads while the other writes: an ssl.SSLSocket would do
+    exactly that. So, as in chat/transport.py for the server, the TLS state
+    machine is plain data used under a lock, and only ciphertext touches the
+    socket. Ciphertext is taken and sent under the send lock, so records leave
+    in the order they were made.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
+        super().__init__(sock)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing,
+                                     server_hostname=server_hostname)
+        self._tls_lock = threading.Lock()  # guards _tls and both BIOs
+        self._handshake()
+
+    def _handshake(self) -> None:
+        """Agree on keys and check the certificate; before the reader starts.
+
+        Raises ssl.SSLError (ssl.SSLCertVerificationError for an untrusted
+        certificate) or OSError."""
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_ciphertext()
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    raise ConnectionAbortedError("closed during the TLS handshake") from None
+                self._incoming.write(data)
+        self._send_ciphertext()
+
+    def recv(self) -> bytes:
+        while True:
+            with self._tls_lock:
+                try:
+                    data = self._tls.read(RECV_SIZE)
+                except ssl.SSLWantReadError:
+                    data = None  # Needs more ciphertext.
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    data = b""  # close_notify, or the socket's end: over either way.
+                # Reading can make records to send (the answer to a key update).
+                answer_waiting = self._outgoing.pending > 0
+            if answer_waiting:
+                self._send_ciphertext()
+            if data is not None:
+                return data
+            ciphertext = self.sock.recv(RECV_SIZE)  # Blocking, outside the lock.
+            with self._tls_lock:
+                if ciphertext:
+                    self._incoming.write(ciphertext)
+                else:
+                    self._incoming.write_eof()
+
+    def sendall(self, data: bytes) -> None:
+        with self._sending:
+            with self._tls_lock:
+                self._tls.write(data)
+                ciphertext = self._outgoing.read()
+            self.sock.sendall(ciphertext)
+
+    def _send_ciphertext(self) -> None:
+        with self._sending:
+            with self._tls_lock:
+                ciphertext = self._outgoing.read()
+            if ciphertext:
+                self.sock.sendall(ciphertext)
 
 
 # ---------------------------------------------------------------------------
@@ -454,17 +576,15 @@ class Terminal:
 
 
 class ChatClient:
-    """Connects a ClientSession to a socket and a Terminal."""
+    """Connects a ClientSession to the server (a PlainStream or TLSStream) and
+    to a Terminal."""
 
-    def __init__(self, sock: socket.socket, terminal: Terminal) -> None:
-        self.sock = sock
+    def __init__(self, stream: PlainStream, terminal: Terminal) -> None:
+        self.stream = stream
         self.terminal = terminal
         self.session = ClientSession()
         #: Guards self.session; notified after every server line and at the end.
         self._changed = threading.Condition()
-        #: sendall() from two threads (the main one, and the reader's PONG)
-        #: must not interleave.
-        self._sending = threading.Lock()
         self._reader = threading.Thread(target=self._read_forever, name="reader", daemon=True)
         #: Set when the main thread ends the connection itself: then the
         #: reader thread has nothing to report about its end.
@@ -478,8 +598,6 @@ class ChatClient:
                 status = self._register(name, password)
                 if status is not None:
                     return status
-                # SPEC 6.2: the reference client asks who is online after JOIN.
-                self._send("USERS")
                 self._chat()
                 return self.session.exit_status()
             except ConnectionEnded:
@@ -493,12 +611,9 @@ class ChatClient:
         finally:
             # Wake the reader if it still waits for the server, then clean up.
             self._hanging_up = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # The server closed it already.
+            self.stream.shutdown()
             self._reader.join()
-            self.sock.close()
+            self.stream.close()
 
     # -- main thread ------------------------------------------------------------
 
@@ -520,8 +635,7 @@ class ChatClient:
                 refusal = (f"{name!r} is not a name: a letter, then up to 31 letters, "
                            "digits, _ or -")
             else:
-                self._send(f"USER {name}")
-                if not self._wait_until(lambda: self.session.unacknowledged == 0):
+                if not self._command(f"USER {name}"):
                     return self._failed("the server did not answer USER")
                 if self.session.registered:
                     return None
@@ -547,10 +661,8 @@ class ChatClient:
                 password = self.terminal.read_secret("password: ")
             except EOFError:
                 return False
-        self._send(f"PASS {password}")
         # A wrong password ends the connection ([PASS-3]); the ERR shows why.
-        return self._wait_until(lambda: self.session.unacknowledged == 0) \
-            and self.session.last_error is None
+        return self._command(f"PASS {password}") and self.session.last_error is None
 
     def _ask(self, question: str) -> str | None:
         try:
@@ -560,6 +672,8 @@ class ChatClient:
 
     def _chat(self) -> None:
         """Send what the user types until they leave or the connection ends."""
+        # SPEC 6.2: the reference client asks who is online right after JOIN.
+        self._command("USERS")
         prompt = f"{self.session.name}> "
         while not self.session.ended:
             try:
@@ -573,19 +687,30 @@ class ChatClient:
             if isinstance(action, Notice):
                 self.terminal.notice(action.text)
             elif isinstance(action, Send):
-                self._send(action.line)
+                self._command(action.line)
         self._leave()
 
+    def _command(self, line: str) -> bool:
+        """Send a command and wait for its reply; whether it came.
+
+        One command at a time: its reply (the echo of a MSG, [MSG-2]) shows
+        before the next prompt, so the conversation reads in order; and the
+        client never leaves before every line it sent was acknowledged. (A
+        client that closes with lines still unread in its socket makes the
+        kernel send a reset, which can cost the server the lines it had not
+        read yet.)
+        """
+        self._send(line)
+        return self._wait_until(lambda: self.session.unacknowledged == 0)
+
     def _leave(self) -> None:
-        """Leave gracefully: nothing typed is lost, the others see `quit`."""
-        # Never leave before every line sent was acknowledged, else the last
-        # piped messages could be lost ([MSG-2]: the echo is the acknowledgement).
-        self._wait_until(lambda: self.session.unacknowledged == 0)
-        if not self.session.ended:
-            self._send("LEAVE")
-            # The server sends our LEAVE and then closes ([LEAVE-1]).
-            if not self._wait_until(lambda: self.session.ended, timeout=LEAVE_TIMEOUT):
-                self._failed("the server did not close the connection after LEAVE")
+        """Say LEAVE, so that the others see `quit`, and wait for the close."""
+        if self.session.ended:
+            return
+        self._send("LEAVE")
+        # The server sends our LEAVE, then closes ([LEAVE-1]).
+        if not self._wait_until(lambda: self.session.ended, timeout=LEAVE_TIMEOUT):
+            self._failed("the server did not close the connection after LEAVE")
 
     def _send(self, line: str) -> None:
         with self._changed:
@@ -596,8 +721,7 @@ class ChatClient:
 
     def _write(self, line: str) -> None:
         try:
-            with self._sending:
-                self.sock.sendall(line.encode("utf-8") + b"\n")
+            self.stream.sendall(line.encode("utf-8") + b"\n")
         except OSError:
             pass  # The connection is gone; the reader thread sees it and says so.
 
@@ -620,9 +744,14 @@ class ChatClient:
     # -- reader thread ------------------------------------------------------------
 
     def _read_forever(self) -> None:
+        # The kernel hands a process's signal to any thread that does not
+        # block it. Ctrl-C taken by this thread would wait, unseen, until the
+        # main thread next runs Python code; blocked here, it goes to the
+        # main thread and wakes it from input() at once.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         lines = LineBuffer(SERVER_LINE_LIMIT)
         try:
-            while data := self.sock.recv(RECV_SIZE):
+            while data := self.stream.recv():
                 for item in lines.feed(data):
                     if isinstance(item, ProtocolError):
                         self.terminal.notice("* the server sent an overlong line; skipped")
@@ -630,12 +759,15 @@ class ChatClient:
                         self._receive(item.decode("utf-8", errors="replace"))
         except OSError:
             pass  # Reset, or shut down by the main thread: the connection is over.
-        with self._changed:
-            farewell = self.session.connection_ended()
-            if farewell and not self._hanging_up:
-                self.terminal.notice(farewell)
-            self._changed.notify_all()
-        self.terminal.interrupt_input()
+        finally:
+            # Even after a bug (its traceback is printed): the main thread
+            # must not wait for a connection that no one reads any more.
+            with self._changed:
+                farewell = self.session.connection_ended()
+                if farewell and not self._hanging_up:
+                    self.terminal.notice(farewell)
+                self._changed.notify_all()
+            self.terminal.interrupt_input()
 
     def _receive(self, line: str) -> None:
         with self._changed:
@@ -679,17 +811,21 @@ def read_password(password_file: str | None) -> str | None:
     return os.environ.get("CHAT_PASSWORD") or None
 
 
-def connect(host: str, port: int, tls: bool, cafile: str | None) -> socket.socket:
+def connect(host: str, port: int, tls: bool, cafile: str | None) -> PlainStream:
+    """Connect, and agree on TLS if asked to (checking the server's certificate
+    against the system's CAs, or against `cafile`)."""
     sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     try:
         if tls:
             context = ssl.create_default_context(cafile=cafile)
-            sock = context.wrap_socket(sock, server_hostname=host)
-        sock.settimeout(None)
+            stream = TLSStream(sock, context, server_hostname=host)
+        else:
+            stream = PlainStream(sock)
+        sock.settimeout(None)  # The timeout was for connecting only.
     except BaseException:
         sock.close()
         raise
-    return sock
+    return stream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -703,13 +839,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         parser.error(f"cannot read the password file: {error.strerror}")
     try:
-        sock = connect(args.host, args.port, args.tls or args.cafile is not None, args.cafile)
-    except (OSError, ssl.SSLError) as error:
+        stream = connect(args.host, args.port, args.tls or args.cafile is not None, args.cafile)
+    except OSError as error:  # ssl.SSLError is an OSError too
         reason = error.strerror or error
         print(f"chat-client: cannot connect to {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     with Terminal(interactive) as terminal:
-        return ChatClient(sock, terminal).run(args.name, password)
+        return ChatClient(stream, terminal).run(args.name, password)
 
 
 if __name__ == "__main__":

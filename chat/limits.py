@@ -39,15 +39,15 @@ class Limits:
     max_per_address: int = 10
     #: [KEEP-3] seconds from connecting to a successful USER. A person typing
     #: a name into nc needs a few seconds; a port scanner holds a slot until then.
-    register_timeout: float = 30.0
+    register_timeout: int = 30
     #: [KEEP-2] seconds of silence before the server sends PING. Home routers
     #: drop idle TCP mappings after a few minutes; 60 s stays well inside that.
-    ping_interval: float = 60.0
+    ping_interval: int = 60
     #: [KEEP-2] seconds to answer that PING before the client counts as gone.
-    ping_timeout: float = 30.0
+    ping_timeout: int = 30
     #: [LIMIT-4] lines per second one connection may sustain. A fast typist
     #: manages 2; a pasted paragraph arrives at up to 10 lines a second.
-    flood_rate: float = 10.0
+    flood_rate: int = 10
     #: [LIMIT-4] lines one connection may send in a burst before the rate applies.
     flood_burst: int = 20
     #: [LIMIT-6] bytes queued for one client before it is dropped as a slow
@@ -59,6 +59,14 @@ class Limits:
     #: itself, only whether there is one.
     password: str | None = None
 
+    def __post_init__(self) -> None:
+        # HELLO carries whole numbers, and a server must not time out before
+        # what it advertised ([KEEP-4]): so the limits are whole numbers too.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "password" and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{field.name} must be a whole number >= 0, not {value!r}")
+
     def hello_params(self) -> list[tuple[str, int]]:
         """The HELLO parameters in the order [HELLO-2] fixes."""
         return [
@@ -66,22 +74,12 @@ class Limits:
             ("name-max", self.name_max),
             ("max-clients", self.max_clients),
             ("max-per-address", self.max_per_address),
-            ("register-timeout", _whole_seconds(self.register_timeout)),
-            ("ping-interval", _whole_seconds(self.ping_interval)),
-            ("ping-timeout", _whole_seconds(self.ping_timeout)),
-            ("flood-rate", _whole_seconds(self.flood_rate)),
+            ("register-timeout", self.register_timeout),
+            ("ping-interval", self.ping_interval),
+            ("ping-timeout", self.ping_timeout),
+            ("flood-rate", self.flood_rate),
             ("flood-burst", self.flood_burst),
             ("outbound-max", self.outbound_max),
             ("password", 1 if self.password else 0),
         ]
 
-
-def _whole_seconds(value: float) -> int:
-    """HELLO carries whole numbers; round up so a client never waits too little.
-
-    A fractional setting (tests use 0.5 s timeouts) is advertised as 1: a
-    client that answers within the advertised time may still be too slow, but
-    a client that plans around 1 s is never told to wait longer than needed.
-    """
-    whole = int(value)
-    return whole if whole == value else whole + 1

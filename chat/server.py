@@ -511,17 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
     limit_options = [
         ("--max-clients", "max_clients", int, "open connections in all"),
         ("--max-per-address", "max_per_address", int, "open connections per IP address"),
-        ("--register-timeout", "register_timeout", float, "seconds to send USER"),
-        ("--ping-interval", "ping_interval", float, "seconds of silence before the server PINGs"),
-        ("--ping-timeout", "ping_timeout", float, "seconds to answer the server's PING"),
-        ("--flood-rate", "flood_rate", float, "lines per second per connection"),
+        ("--register-timeout", "register_timeout", int, "seconds to send USER"),
+        ("--ping-interval", "ping_interval", int, "seconds of silence before the server PINGs"),
+        ("--ping-timeout", "ping_timeout", int, "seconds to answer the server's PING"),
+        ("--flood-rate", "flood_rate", int, "lines per second per connection"),
         ("--flood-burst", "flood_burst", int, "lines per connection in a burst"),
         ("--outbound-max", "outbound_max", int, "bytes queued for a client before it is dropped"),
     ]
     for option, field, kind, text in limit_options:
         default = getattr(defaults, field)
         parser.add_argument(option, dest=field, type=kind, default=default,
-                            help=f"{text} (default {default:g})")
+                            help=f"{text} (default {default})")
     parser.add_argument("--password-file", help="file whose first line is the room password")
     parser.add_argument("--password", help="the room password (visible in ps: prefer CHAT_PASSWORD "
                                            "or --password-file)")

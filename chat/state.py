@@ -266,7 +266,7 @@ class ChatRoom:
             if (limits.register_timeout and not session.registered
                     and now - session.connected_at >= limits.register_timeout):
                 actions += self._fail(session, ErrorCode.REGISTRATION_TIMEOUT,
-                                      f"no USER within {limits.register_timeout:g} s")
+                                      f"no USER within {limits.register_timeout} s")
             elif limits.ping_interval and session.ping_sent_at is None:
                 if now - session.last_heard >= limits.ping_interval:
                     session.ping_sent_at = now
@@ -274,7 +274,7 @@ class ChatRoom:
                     actions.append(Send(session, protocol.format_ping(token)))
             elif limits.ping_interval and now - session.ping_sent_at >= limits.ping_timeout:
                 actions.append(Send(session, protocol.format_error(
-                    ErrorCode.PING_TIMEOUT, f"no answer to PING within {limits.ping_timeout:g} s")))
+                    ErrorCode.PING_TIMEOUT, f"no answer to PING within {limits.ping_timeout} s")))
                 actions += self.disconnect(session, "timeout")
         return actions
 

@@ -186,10 +186,16 @@ def test_format_server_lines():
 
 
 def test_hello_advertises_every_limit_in_order():
-    hello = protocol.format_hello(Limits(register_timeout=0.5, password="pw"))
+    hello = protocol.format_hello(Limits(register_timeout=7, password="pw"))
     assert hello == (b"HELLO chat/1 line-max=1024 name-max=32 max-clients=1000 max-per-address=10 "
-                     b"register-timeout=1 ping-interval=60 ping-timeout=30 flood-rate=10 "
+                     b"register-timeout=7 ping-interval=60 ping-timeout=30 flood-rate=10 "
                      b"flood-burst=20 outbound-max=262144 password=1\n")
+
+
+@pytest.mark.parametrize("field, value", [("register_timeout", 0.5), ("flood_rate", -1), ("line_max", "9")])
+def test_limits_are_whole_numbers(field, value):
+    with pytest.raises(ValueError, match=field):
+        Limits(**{field: value})
 
 
 def test_names_lines_respect_line_max_and_list_everyone_once():

@@ -1,0 +1,306 @@
+"""What a case is, and what a case gets to work with while it runs.
+
+A Case is data plus a function: its name, the requirement IDs it checks
+(`covers`), the HELLO parameters it needs, the sentences it quotes from
+SPEC.md, and `run(ctx)`. Transcripts (sessions/*.session, and the examples of
+SPEC.md) and Python cases (cases.py) both become Cases, so the runner, the
+report and the pytest plugin treat them alike.
+
+The CaseContext is the case's whole world: the target server and its HELLO,
+unique random names, Peers that log into one Transcript, and a clean-up that
+closes every connection the case opened. A case never opens a socket itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import ipaddress
+import secrets
+import ssl
+import string
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from conformance.grammar import HelloParams, is_valid_name
+from conformance.outcome import CaseCancelled, CheckFailed, NotApplicable
+from conformance.peer import DEFAULT_TIMEOUT, Peer, Transcript
+from conformance.session import Session, display_path
+
+#: Names the kit makes: a letter, then random lower-case letters and digits.
+#: 36**8 (about 3e12) names make a clash with anyone else negligible.
+NAME_ALPHABET = string.ascii_lowercase + string.digits
+NAME_LENGTH = 9
+
+
+@dataclasses.dataclass
+class Target:
+    """A server the cases run against."""
+
+    label: str
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    #: The room password, when the person running the kit knows it.
+    password: str | None = None
+    #: Its HELLO, read by the runner's probe before any case runs.
+    hello: HelloParams | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    def offers(self, feature: str) -> bool:
+        """Whether a `needs:` entry holds: "tls", or a HELLO parameter > 0."""
+        if feature == "tls":
+            return self.ssl_context is not None
+        return self.hello is not None and self.hello.get(feature) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One conformance case, from a transcript or from Python."""
+
+    name: str
+    covers: tuple[str, ...]
+    #: Features that must be on: HELLO parameters advertised > 0, or "tls".
+    needs: tuple[str, ...]
+    #: Sentences quoted from SPEC.md (checked against it by the kit's tests).
+    quotes: tuple[str, ...]
+    #: "file:line" of the transcript or function.
+    source: str
+    run: Callable[[CaseContext], None]
+    #: "session" or "python".
+    kind: str
+    #: True if the case speaks to a room without a password (password=0 only).
+    open_room: bool = False
+    #: What the case checks, for people (a docstring or the transcript itself).
+    doc: str = ""
+    session: Session | None = None
+
+
+# -- Python cases register themselves here --------------------------------------------------
+
+PYTHON_CASES: list[Case] = []
+
+
+def python_case(name: str, *, covers: Iterable[str], quote: str | Iterable[str],
+                needs: Iterable[str] = (), open_room: bool = False):
+    """Declare a Python case: `@python_case("flood-delay", covers=[...], quote=...)`."""
+
+    def declare(function: Callable[[CaseContext], None]) -> Callable[[CaseContext], None]:
+        quotes = (quote,) if isinstance(quote, str) else tuple(quote)
+        source = f"{display_path(inspect.getsourcefile(function))}:{inspect.getsourcelines(function)[1]}"
+        PYTHON_CASES.append(Case(name=name, covers=tuple(covers), needs=tuple(needs), quotes=quotes,
+                                 source=source, run=function, kind="python", open_room=open_room,
+                                 doc=inspect.getdoc(function) or ""))
+        return function
+
+    return declare
+
+
+def session_case(session: Session) -> Case:
+    from conformance.replay import replay_session  # replay imports this module
+
+    return Case(name=session.name, covers=session.covers, needs=session.needs, quotes=session.quotes,
+                source=session.source, run=lambda ctx: replay_session(session, ctx), kind="session",
+                open_room=session.sends_user_itself and "password" not in session.needs,
+                doc="", session=session)
+
+
+# -- the context ---------------------------------------------------------------------------
+
+
+class PrivateServer:
+    """What `CaseContext.start_private_server` returns: a server only this case uses."""
+
+    address: tuple[str, int]
+
+    def shutdown(self) -> None:  # pragma: no cover - an interface
+        raise NotImplementedError
+
+
+class CaseContext:
+    """Everything one running case may use. Made by the runner, one per case run."""
+
+    def __init__(self, case: Case, target: Target, *, timeout: float = DEFAULT_TIMEOUT,
+                 transcript: Transcript | None = None,
+                 private_servers: Callable[..., PrivateServer] | None = None,
+                 exclusive: bool = False) -> None:
+        self.case = case
+        self.target = target
+        self.hello: HelloParams = target.hello or HelloParams({}, ())
+        self.timeout = timeout
+        self.transcript = transcript or Transcript()
+        #: Set by the runner when the case ran out of time: every Peer stops.
+        self.cancelled = threading.Event()
+        #: True when nobody else uses the server (the kit started it), so
+        #: connection counts can be checked exactly.
+        self.exclusive = exclusive
+        self._private_servers = private_servers
+        self._started_servers: list[PrivateServer] = []
+        self.peers: list[Peer] = []
+        self._names: dict[str, str] = {}
+        self._case_names: set[str] = set()
+        self._connections_per_alias: dict[str, int] = {}
+        self._lock = threading.RLock()
+
+    # -- names ----------------------------------------------------------------------------
+
+    def new_name(self, length: int = NAME_LENGTH) -> str:
+        """A fresh random valid name of `length` characters, known to the case."""
+        name = "t" + "".join(secrets.choice(NAME_ALPHABET) for _ in range(length - 1))
+        assert is_valid_name(name) or length > 32
+        with self._lock:
+            self._case_names.add(name.lower())
+        return name
+
+    def name_for(self, alias: str) -> str:
+        """The name `{alias}` stands for in this run (made on first use; thread-safe)."""
+        with self._lock:
+            if alias not in self._names:
+                self._names[alias] = self.new_name()
+            return self._names[alias]
+
+    def is_outsider(self, text: str) -> bool:
+        """A JOIN, LEAVE or MSG of a name this case did not make."""
+        fields = text.split(" ", 2)
+        return (fields[0] in ("JOIN", "LEAVE", "MSG") and len(fields) > 1
+                and fields[1].lower() not in self._case_names)
+
+    # -- connections ------------------------------------------------------------------------
+
+    def peer(self, alias: str, *, connect: bool = True, address: tuple[str, int] | None = None,
+             source_address: str | None = None, receive_buffer: int | None = None) -> Peer:
+        """A new connection for `alias`: "alice", then "alice#2" if it reconnects."""
+        with self._lock:
+            count = self._connections_per_alias.get(alias, 0) + 1
+            self._connections_per_alias[alias] = count
+        label = alias if count == 1 else f"{alias}#{count}"
+        peer = Peer(label, address or self.target.address, self.transcript, timeout=self.timeout,
+                    ssl_context=self.target.ssl_context if address is None else None,
+                    server_hostname=self.target.server_hostname, is_outsider=self.is_outsider,
+                    source_address=source_address, receive_buffer=receive_buffer,
+                    hello_hint=self.target.hello, cancelled=self.cancelled)
+        with self._lock:
+            self.peers.append(peer)
+        if connect:
+            peer.connect()
+        return peer
+
+    def register(self, alias: str, *, name: str | None = None, peer: Peer | None = None) -> Peer:
+        """The `register` step: connect, HELLO, PASS if needed, USER, own JOIN."""
+        peer = peer or self.peer(alias)
+        name = name or self.name_for(alias)
+        peer.expect_match(r"HELLO chat/1 .*", ids=("HELLO-1",))
+        if peer.hello is not None and peer.hello.password:
+            if self.target.password is None:
+                raise NotApplicable("the server requires a password (password=1); give it with --password")
+            peer.send_line(f"PASS {self.target.password}")
+            peer.expect_line("OK PASS", ids=("PASS-2",))
+        peer.send_line(f"USER {name}")
+        peer.expect_line(f"JOIN {name}", ids=("USER-1",))
+        peer.name = name
+        return peer
+
+    def start_private_server(self, **limits: Any) -> PrivateServer:
+        """A fresh reference server for this case alone (e.g. to shut it down).
+
+        Only when the kit started the reference server itself; against
+        someone else's server the case does not apply.
+        """
+        if self._private_servers is None:
+            raise NotApplicable("needs a server the kit may stop; only when the kit starts the "
+                                "reference server itself (run without HOST:PORT)")
+        server = self._private_servers(**limits)
+        self._started_servers.append(server)
+        return server
+
+    # -- verdict helpers -----------------------------------------------------------------------
+
+    def require(self, condition: bool, reason: str, feature: str | None = None) -> None:
+        if not condition:
+            raise NotApplicable(reason, feature)
+
+    @staticmethod
+    def fail(expected: str, actual: str, *, ids: Iterable[str] = (), who: str | None = None,
+             detail: str = "") -> CheckFailed:
+        """Build a failure to raise: `raise ctx.fail(...)`."""
+        return CheckFailed(expected, actual, ids=tuple(ids), who=who, detail=detail)
+
+    # -- threads -----------------------------------------------------------------------------
+
+    def run_parallel(self, functions: Iterable[Callable[[], Any]], timeout: float) -> list[Any]:
+        """Run functions in threads (one per client), wait for all, re-raise the first failure.
+
+        Each function must use its own Peers. A thread still running after
+        `timeout` seconds is stopped by cancelling the case's Peers.
+        """
+        functions = list(functions)
+        results: list[Any] = [None] * len(functions)
+        errors: list[tuple[float, BaseException]] = []
+
+        def run(index: int, function: Callable[[], Any]) -> None:
+            try:
+                results[index] = function()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller below
+                errors.append((time.monotonic(), error))
+
+        threads = [threading.Thread(target=run, args=(i, f), name=f"{self.case.name}-{i}", daemon=True)
+                   for i, f in enumerate(functions)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            self.cancel()
+            for thread in threads:
+                thread.join(5.0)
+            raise CheckFailed(f"the case's clients to finish within {timeout:g} s",
+                              "still running; stopped by the kit")
+        failures = [error for _, error in sorted(errors, key=lambda item: item[0])
+                    if not isinstance(error, CaseCancelled)]
+        if failures:
+            raise failures[0]
+        if errors:
+            raise errors[0][1]
+        return results
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop every Peer of the case now (the hard time cap ran out)."""
+        self.cancelled.set()
+        for peer in list(self.peers):
+            peer.abort()
+
+    def cleanup(self, wait: float | None = None) -> None:
+        """Close every connection the case opened, politely if possible, and stop
+        private servers. Bounded: at most `wait` seconds (default: the read timeout)."""
+        deadline = time.monotonic() + (self.timeout if wait is None else wait)
+        peers = list(self.peers)
+        if self.cancelled.is_set():
+            for peer in peers:
+                peer.close()
+        else:
+            for peer in peers:
+                try:
+                    peer.begin_leave()
+                except (CheckFailed, CaseCancelled):
+                    pass
+            for peer in peers:
+                peer.finish_leave(deadline)
+        for server in self._started_servers:
+            server.shutdown()
+        self._started_servers.clear()
