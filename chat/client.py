@@ -49,6 +49,7 @@ from chat.protocol import (
     name_key,
     parse_command,
     parse_reply,
+    replace_control_characters,
 )
 
 #: Bytes asked of recv() at a time.
@@ -120,21 +121,9 @@ class Reaction:
     answer: str | None = None
 
 
-def _is_control(character: str) -> bool:
-    """[FRAME-8]'s control characters: the ones that could move the cursor,
-    fake a line or reorder text on a terminal."""
-    code = ord(character)
-    return (code <= 0x1F or 0x7F <= code <= 0x9F or 0x202A <= code <= 0x202E
-            or 0x2066 <= code <= 0x2069 or code in (0x2028, 0x2029))
-
-
 def printable(text: str) -> str:
-    """The text with control characters replaced by U+FFFD.
-
-    A conforming server never sends them ([SEC-2]); a broken or hostile one
-    must not be able to drive the user's terminal all the same.
-    """
-    return "".join("\N{REPLACEMENT CHARACTER}" if _is_control(c) else c for c in text)
+    """The text with control characters replaced by U+FFFD ([SEC-2])."""
+    return replace_control_characters(text)
 
 
 # How many fields each server verb needs; a shorter line is shown raw.

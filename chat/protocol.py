@@ -180,6 +180,15 @@ class Leave:
 Command = Pass | User | Msg | Pm | Users | Ping | Pong | Leave
 
 
+def replace_control_characters(text: str, replacement: str = "\N{REPLACEMENT CHARACTER}") -> str:
+    """The text with every [FRAME-8] control character replaced.
+
+    For clients: a conforming server never sends them ([SEC-2]), but a broken
+    or hostile one must not be able to drive the user's terminal all the same.
+    """
+    return _CONTROL_CHARACTER.sub(replacement, text)
+
+
 def is_valid_name(name: str) -> bool:
     """[NAME-1]: an ASCII letter, then up to 31 letters, digits, '_' or '-'."""
     return _NAME.fullmatch(name) is not None

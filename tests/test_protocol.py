@@ -163,6 +163,11 @@ def test_is_valid_name(name, valid):
     assert protocol.is_valid_name(name) is valid
 
 
+def test_replace_control_characters_for_display():
+    assert protocol.replace_control_characters("a\x1b[2Jb\u202ec") == "a\ufffd[2Jb\ufffdc"
+    assert protocol.replace_control_characters("plain caf\u00e9") == "plain caf\u00e9"
+
+
 def test_name_key_ignores_ascii_case():
     assert protocol.name_key("AlIcE") == protocol.name_key("alice")
 
