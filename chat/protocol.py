@@ -126,8 +126,9 @@ class LineBuffer:
 # ---------------------------------------------------------------------------
 
 # [FRAME-8]: C0 controls, DEL and C1 controls, the line and paragraph
-# separators, and the bidirectional overrides and isolates.
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# separators, and the bidirectional overrides, isolates and marks.
+_CONTROL_CHARACTER = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # [NAME-1], the `name` rule of the grammar.
 _NAME = re.compile(rf"[A-Za-z][A-Za-z0-9_-]{{0,{DEFAULT_NAME_MAX - 1}}}")
 # The `token` rule: 1 to 64 printable ASCII characters, no space.

@@ -25,9 +25,10 @@ HELLO_PARAMETERS = (
 
 # -- the grammar, as regular expressions over decoded text ---------------------------
 
-# utf8-nonascii: any code point >= U+00A0 other than U+202A-202E, U+2066-2069,
-# U+2028 and U+2029. (Surrogates cannot come out of a strict UTF-8 decode.)
-_NONASCII = "\u00a0-\u2027\u202f-\u2065\u206a-\U0010ffff"
+# utf8-nonascii: any code point >= U+00A0 other than U+061C, U+200E, U+200F,
+# U+202A-202E, U+2066-2069, U+2028 and U+2029. (Surrogates cannot come out of a
+# strict UTF-8 decode.)
+_NONASCII = "\u00a0-\u061b\u061d-\u200d\u2010-\u2027\u202f-\u2065\u206a-\U0010ffff"
 _VISIBLE = f"[\x21-\x7e{_NONASCII}]"
 _CHAR = f"[\x20-\x7e{_NONASCII}]"
 #: text = *tspace tvisible *utf8-char: at least one character that is not a space.

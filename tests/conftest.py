@@ -137,3 +137,9 @@ def no_threads_left_behind():
             break
         left[0].join(deadline - time.monotonic())
     assert not left, f"threads left running: {left}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "stress: the concurrency test of tests/test_stress.py, 300 join/leave "
+                   "cycles under broadcast (deselect with -m 'not stress')")

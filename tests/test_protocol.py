@@ -115,6 +115,8 @@ def test_parse_command_accepts(line, expected):
     (b"MSG \xe2\x80\xaeevil", ErrorCode.BAD_CHARACTER),    # U+202E right-to-left override
     (b"MSG a\xe2\x80\xa8b", ErrorCode.BAD_CHARACTER),      # U+2028 line separator
     (b"MSG a\xe2\x81\xa6b", ErrorCode.BAD_CHARACTER),      # U+2066 isolate
+    (b"MSG a\xe2\x80\x8fb", ErrorCode.BAD_CHARACTER),      # U+200F right-to-left mark
+    (b"MSG a\xd8\x9cb", ErrorCode.BAD_CHARACTER),          # U+061C Arabic letter mark
     (b"msg hi", ErrorCode.UNKNOWN_COMMAND),                # [CMD-2]: verbs are upper case
     (b"HELLO", ErrorCode.UNKNOWN_COMMAND),
     (b" MSG hi", ErrorCode.UNKNOWN_COMMAND),
