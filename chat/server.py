@@ -31,6 +31,7 @@ chat/state.py; the wire format in chat/protocol.py.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import selectors
@@ -344,38 +345,44 @@ class ChatServer:
             selector.register(self._wake_reader, selectors.EVENT_READ)
             waiting: set[Connection] = set()   # registered for EVENT_WRITE
             closing: set[Connection] = set()   # to finish once sent, or at their deadline
-            lingering: list[tuple[float, Connection]] = []  # finished; cut at the deadline
+            lingering: collections.deque[tuple[float, Connection]] = collections.deque()
             while not (self._stopped.is_set() and not self._connections):
                 timeout = WATCHDOG_PERIOD if closing or lingering else None
+                writable = []
                 for key, _ in selector.select(timeout):
                     if key.fileobj is self._wake_reader:
                         self._drain_wake_ups()
+                    else:
+                        writable.append(key.data)
                 with self._lock:
                     self._wake_pending = False
                     batch = bytes(self._batch)
                     self._batch.clear()
-                    # Members get the batch; an empty batch concerns only the
-                    # connections something happened to.
-                    targets = self._dirty | self._members if batch else set(self._dirty)
+                    # Connections something happened to (a reply, joining,
+                    # leaving, closing) get their own share of the batch.
+                    # Whether to close is decided here, under the lock, with the
+                    # lines taken: a LEAVE applied just after this pass must not
+                    # close the connection before its LEAVE line goes out.
+                    special = [(c, c.take(batch), c.close_deadline is not None) for c in self._dirty]
+                    # Every other member gets the batch itself, as it is.
+                    ordinary = self._members - self._dirty if batch else ()
                     self._dirty.clear()
-                    # Whether to close is decided here, under the lock, together
-                    # with the lines taken: a LEAVE applied just after this pass
-                    # must not close the connection before its own LEAVE line
-                    # has gone out with the next pass.
-                    visits = [(c, c.take(batch), c.close_deadline is not None) for c in targets]
-                for connection, data, close_requested in visits:
+                backlogged = []
+                # Replies and newcomers first: someone is waiting on them.
+                for connection, data, close_requested in special:
                     if close_requested:
                         closing.add(connection)
-                    if data:
-                        self._deliver(connection, data)
-                for connection in list(waiting):
-                    self._deliver(connection, b"")
-                for connection in closing | {c for c, data, _ in visits if data}:
-                    wants_write = connection.backlog() > 0
-                    if wants_write and connection not in waiting:
+                    if self._deliver(connection, data):
+                        backlogged.append(connection)
+                for connection in ordinary:
+                    if self._deliver(connection, batch):
+                        backlogged.append(connection)
+                for connection in backlogged:
+                    if connection not in waiting:
                         selector.register(connection.transport.sock, selectors.EVENT_WRITE, connection)
                         waiting.add(connection)
-                    elif not wants_write and connection in waiting:
+                for connection in writable:
+                    if connection in waiting and not self._deliver(connection, b""):
                         selector.unregister(connection.transport.sock)
                         waiting.discard(connection)
                 now = time.monotonic()
@@ -388,7 +395,7 @@ class ChatServer:
                         if self._finish(connection, cut=connection.backlog() > 0):
                             lingering.append((now + CLOSE_GRACE, connection))
                 while lingering and (lingering[0][0] <= now or self._stopping.is_set()):
-                    lingering.pop(0)[1].transport.shutdown(socket.SHUT_RDWR)
+                    lingering.popleft()[1].transport.shutdown(socket.SHUT_RDWR)
 
     def _drain_wake_ups(self) -> None:
         try:
@@ -397,24 +404,34 @@ class ChatServer:
         except BlockingIOError:
             pass
 
-    def _deliver(self, connection: Connection, data: bytes) -> None:
-        """Send what the socket takes, keep the rest; drop the client if too much
-        waits ([LIMIT-6]). Flusher thread only."""
+    def _deliver(self, connection: Connection, data: bytes) -> bool:
+        """Send what the socket takes and keep the rest; drop the client if too
+        much waits ([LIMIT-6]). Returns whether bytes are left waiting for the
+        socket to become writable. Flusher thread only; this is the hot path,
+        run once per recipient per pass."""
         transport = connection.transport
+        outbuf = connection.outbuf
         try:
-            if connection.outbuf:
-                connection.outbuf += data
-                del connection.outbuf[:transport.send_nowait(connection.outbuf)]
-            else:
+            if outbuf:
+                outbuf += data
+                del outbuf[:transport.send_nowait(outbuf)]
+            elif data:
                 sent = transport.send_nowait(data)
-                connection.outbuf += memoryview(data)[sent:]
+                if sent < len(data):
+                    outbuf += memoryview(data)[sent:]
+            elif transport.unsent():
+                transport.send_nowait(b"")
         except OSError:
-            connection.outbuf.clear()  # Gone: its reader sees that and cleans up.
+            outbuf.clear()  # Gone: its reader sees that and cleans up.
+            return False
+        if not outbuf and not transport.unsent():
+            return False
         limit = self.limits.outbound_max
         if limit and connection.backlog() > limit and connection.close_deadline is None:
             with self._lock:
                 self._apply(self._room.slow_consumer(connection.session))
                 connection.close_deadline = time.monotonic()  # Cut it now.
+        return True
 
     def _finish(self, connection: Connection, cut: bool) -> bool:
         """Free the slot, then end the connection ([LIMIT-3], [STATE-2]).
