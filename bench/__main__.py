@@ -73,6 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="clients and total msg/s per latency case (default 100:600,1000:60)")
     parser.add_argument("--steps", type=int_list, metavar="N,N",
                         help="connection steps (default 1000,2000,5000,10000)")
+    parser.add_argument("--connect-concurrency", type=int, metavar="N",
+                        help="connections between connect() and their JOIN at once in the "
+                             "connections scenario: a burst, like many users arriving together "
+                             "(default 1000; the listen backlog is 4096)")
     parser.add_argument("--slow-clients", type=int, help="clients in the slow-consumer room (default 100)")
     parser.add_argument("--slow-rate", type=float, help="total msg/s in the slow-consumer room (default 600)")
     parser.add_argument("--json", type=Path, default=REPO_ROOT / "bench-results" / "latest.json",
@@ -122,6 +126,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
         settings.latency_cases = args.latency_cases
     if args.steps:
         settings.connection_steps = args.steps
+    if args.connect_concurrency:
+        settings.connect_concurrency = args.connect_concurrency
     if args.slow_clients:
         settings.slow_clients = args.slow_clients
     if args.slow_rate:
