@@ -224,7 +224,15 @@ class ChatServer:
                                       name=f"client-{peer[0]}:{peer[1]}", daemon=True)
             with self._lock:
                 self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as error:
+                # "can't start new thread": memory or a system limit. Refuse
+                # this client; the acceptor itself must go on.
+                log.warning("refused %s: %s", peer[0], error)
+                with self._lock:
+                    self._threads.discard(thread)
+                sock.close()
 
     # -- reading: one thread per connection -----------------------------------
 
@@ -241,11 +249,15 @@ class ChatServer:
     def _admit(self, sock: socket.socket, address: str,
                context: ssl.SSLContext | None) -> Connection | None:
         """Set the socket up, agree on TLS, and greet the client (or refuse it)."""
-        sock.setblocking(True)
-        # Without TCP_NODELAY, Nagle's algorithm holds small lines back for up
-        # to 40 ms waiting for more: it put 20 ms on other servers' p99.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        try:
+            sock.setblocking(True)
+            # Without TCP_NODELAY, Nagle's algorithm holds small lines back for
+            # up to 40 ms waiting for more: it put 20 ms on other servers' p99.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            sock.close()  # Reset before it was even greeted: nothing to do.
+            return None
         transport = PlainTransport(sock) if context is None else TLSTransport(sock, context)
         with self._lock:
             self._handshaking.add(transport)

@@ -282,3 +282,23 @@ def test_context_manager_shuts_down():
         client = LineClient(server.address).register("ctx")
     client.expect_prefix("ERR SHUTTING_DOWN")
     client.close()
+
+
+def test_the_acceptor_survives_when_no_thread_can_be_started(server, monkeypatch, caplog):
+    """A system thread limit refuses one client; it must not stop the acceptor."""
+    real_start = threading.Thread.start
+    refused_once = threading.Event()
+
+    def start(thread):
+        if thread.name.startswith("client-") and not refused_once.is_set():
+            refused_once.set()
+            raise RuntimeError("can't start new thread")
+        return real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    refused = LineClient(server.address)
+    refused.expect_closed()
+    refused.close()
+    assert "can't start new thread" in caplog.text
+    accepted = LineClient(server.address).register("after")
+    accepted.close()
