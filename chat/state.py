@@ -113,7 +113,9 @@ class ChatRoom:
         #: Open connections per address, for [LIMIT-2].
         self._per_address: dict[str, int] = {}
         self._open = 0
-        self._sessions: set[Session] = set()
+        #: Open sessions, oldest first (a dict keeps insertion order; the
+        #: values are unused). Timeouts and shutdown visit them in this order.
+        self._sessions: dict[Session, None] = {}
         self._ids = itertools.count(1)
         self._ping_tokens = itertools.count(1)
 
@@ -132,12 +134,12 @@ class ChatRoom:
         session.counted = True
         self._open += 1
         self._per_address[address] = self._per_address.get(address, 0) + 1
-        self._sessions.add(session)
+        self._sessions[session] = None
         return session, [Send(session, protocol.format_hello(limits))]
 
     def release(self, session: Session) -> None:
         """The server is about to close the connection: free its slot ([LIMIT-3])."""
-        self._sessions.discard(session)
+        self._sessions.pop(session, None)
         if not session.counted:
             return
         session.counted = False
@@ -260,7 +262,9 @@ class ChatRoom:
         """Registration timeouts and keepalive ([KEEP-2], [KEEP-3])."""
         limits = self.limits
         actions: list[Action] = []
-        for session in sorted(self._sessions, key=lambda s: s.id):
+        if not (limits.register_timeout or limits.ping_interval):
+            return actions  # No timers: nothing to look at, however many sessions.
+        for session in list(self._sessions):
             if session.closing:
                 continue
             if (limits.register_timeout and not session.registered
@@ -281,7 +285,7 @@ class ChatRoom:
     def shutdown(self) -> list[Action]:
         """[LIMIT-7]: tell every open connection, then close them all."""
         actions: list[Action] = []
-        for session in sorted(self._sessions, key=lambda s: s.id):
+        for session in list(self._sessions):
             if not session.closing:
                 session.closing = True
                 actions += [Send(session, protocol.format_error(

@@ -180,6 +180,12 @@ def test_pass_without_a_password_is_accepted(room):
     assert room.handle(session, b"PASS anything", 1.0) == [Send(session, b"OK PASS\n")]
 
 
+def test_no_timers_means_no_timeouts(room):
+    register(room, "alice")
+    connect(room)
+    assert room.tick(1e9) == []
+
+
 def test_registration_timeout():
     room = ChatRoom(Limits(register_timeout=5, ping_interval=0, max_per_address=0))
     late = connect(room, now=0.0)
