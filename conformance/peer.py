@@ -196,7 +196,7 @@ class Peer:
         self._closed_by_us = False
         self._send_lock = threading.Lock()
         self._lines_seen = 0
-        # [LEAVE-4] bookkeeping: lower-cased name -> "in" (JOIN or NAMES seen) / "out" (LEAVE seen).
+        # [LEAVE-4] bookkeeping: name as sent -> "in" (JOIN or NAMES seen) / "out" (LEAVE seen).
         self._presence: dict[str, str] = {}
 
     # -- connecting and closing -------------------------------------------------------------
@@ -405,15 +405,20 @@ class Peer:
         return Line(text, raw, arrived)
 
     def _track_presence(self, text: str, raw: bytes) -> None:
-        """[LEAVE-4]: at most one LEAVE for each JOIN this client saw."""
+        """[LEAVE-4]: at most one LEAVE for each JOIN this client saw.
+
+        Keyed by the name exactly as sent ([NAME-3] keeps it so), not lower-cased: a
+        server that breaks [NAME-2] and lets `alice` and `ALICE` both register sends a
+        LEAVE for each registration, which is no second LEAVE for either.
+        """
         fields = text.split(" ")
         if fields[0] == "JOIN" and len(fields) == 2:
-            self._presence[fields[1].lower()] = "in"
+            self._presence[fields[1]] = "in"
         elif fields[0] == "NAMES":
             for name in fields[1:]:
-                self._presence.setdefault(name.lower(), "in")
+                self._presence.setdefault(name, "in")
         elif fields[0] == "LEAVE" and len(fields) == 3:
-            key = fields[1].lower()
+            key = fields[1]
             if self._presence.get(key) == "out":
                 self._violate([Violation("LEAVE-4", f"a second LEAVE for {fields[1]} with no JOIN between",
                                          raw)])

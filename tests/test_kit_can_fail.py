@@ -1,0 +1,242 @@
+"""The conformance kit fails exactly what a broken server breaks.
+
+tests/broken_servers.py has the reference server with one rule of SPEC.md
+broken in each of a dozen ways, and next to each the requirement IDs the kit
+must report as failed. Here the whole kit runs against each one, with every
+case applying (the self-hosted run: open room, password room, private servers,
+selfhost.py's limits), and the set of failed IDs in its JSON report must be
+exactly that set: a break the kit misses fails the test, and so does a
+requirement the kit blames wrongly.
+
+Each run is a separate process (`python -m tests.broken_servers kit NAME
+--json FILE`, i.e. `python -m conformance` with the broken server in place),
+and all of them start at once when the module's first test needs them: most
+of a run is waiting for timers, so a dozen runs take about as long as the
+slowest one (under a minute) instead of four minutes one after the other.
+Two servers that are not chat servers at all run through the real command
+line, `python -m conformance HOST:PORT`, and must fail within a bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chat.limits import Limits
+from conformance.case import Case, CaseContext, Target
+from conformance.peer import Line, Peer, Transcript
+from tests.broken_servers import FAKES, SERVERS, FakeServer, SplitWritesServer, expected_failures
+from tests.conftest import DEADLINE
+
+REPO = Path(__file__).resolve().parent.parent
+#: Seconds all the kit runs together may take before the test gives up on them.
+ALL_RUNS_DEADLINE = 240.0
+#: A server that is not a chat server must be done with within this (with --timeout 1).
+NOT_CHAT_BOUND = 60.0
+
+
+def _environment() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@dataclasses.dataclass
+class KitRun:
+    name: str
+    process: subprocess.Popen
+    output: Path
+    report: Path
+
+    def wait(self, deadline: float) -> tuple[int, str, dict]:
+        """The exit code, the kit's printed output and its JSON report."""
+        code = self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        text = self.output.read_text(encoding="utf-8", errors="replace")
+        assert self.report.exists(), f"{self.name}: no JSON report (exit {code}):\n{text[-3000:]}"
+        return code, text, json.loads(self.report.read_text(encoding="utf-8"))
+
+
+class KitRuns:
+    """One kit process per broken server, all started at once."""
+
+    def __init__(self, names: list[str], directory: Path) -> None:
+        self.deadline = time.monotonic() + ALL_RUNS_DEADLINE
+        self.runs: dict[str, KitRun] = {}
+        try:
+            for name in names:
+                output, report = directory / f"{name}.txt", directory / f"{name}.json"
+                with output.open("w", encoding="utf-8") as sink:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "tests.broken_servers", "kit", name, "--json", str(report)],
+                        cwd=REPO, env=_environment(), stdout=sink, stderr=subprocess.STDOUT)
+                self.runs[name] = KitRun(name, process, output, report)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            if run.process.poll() is None:
+                run.process.kill()
+            run.process.wait()
+
+
+@pytest.fixture(scope="module")
+def kit_runs(request, tmp_path_factory):
+    """Start a kit run for each broken server whose test was selected, all at once."""
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if getattr(item, "module", None) is request.module and hasattr(item, "callspec")
+                and item.callspec.params.get("name") in SERVERS]
+    runs = KitRuns(list(dict.fromkeys(selected)), tmp_path_factory.mktemp("kit-runs"))
+    yield runs
+    runs.close()
+
+
+def failed_ids(report: dict) -> set[str]:
+    return {rid for rid, entry in report["requirements"].items() if entry["verdict"] == "fail"}
+
+
+def explain(report: dict) -> str:
+    """Each failed case with the IDs it failed and its first Expected / Actual."""
+    lines = []
+    for name, case in report["cases"].items():
+        if case["verdict"] == "fail":
+            ids = sorted({rid for failure in case["failures"] for rid in failure["ids"]})
+            first = case["failures"][0] if case["failures"] else {"expected": "", "actual": case["reason"]}
+            lines.append(f"  {name}: {' '.join(ids)}\n      expected {first['expected'][:100]}"
+                         f"\n      actual   {first['actual'][:100]}")
+    return "\n".join(lines) or "  (no case failed)"
+
+
+# -- the broken chat servers -------------------------------------------------------------------
+
+
+@pytest.mark.timeout(ALL_RUNS_DEADLINE + 60)
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_the_kit_fails_exactly_what_the_server_breaks(kit_runs, name):
+    code, text, report = kit_runs.runs[name].wait(kit_runs.deadline)
+    expected = expected_failures(name)
+    failed = failed_ids(report)
+    assert failed == expected, (
+        f"{name}: the kit failed {' '.join(sorted(failed)) or 'nothing'}\n"
+        f"expected {' '.join(sorted(expected)) or 'nothing'}\n"
+        f"missing: {' '.join(sorted(expected - failed)) or '-'}; unexpected: "
+        f"{' '.join(sorted(failed - expected)) or '-'}\ncases:\n{explain(report)}")
+    assert code == (1 if expected else 0), text[-3000:]
+    # The printed summary says the same as the JSON.
+    musts = sorted(rid for rid in failed if report["requirements"][rid]["level"] == "MUST")
+    assert f"MUST requirements failed: {len(musts)}" in text
+    assert report["summary"]["warn"] == 0, "a SHOULD is not met"
+    if expected:
+        # Every failed case printed its full report, naming its requirements.
+        for case_name, case in report["cases"].items():
+            if case["verdict"] == "fail":
+                assert f"FAIL: {case_name}  (" in text
+
+
+def test_every_broken_server_says_what_it_breaks():
+    for name, server in SERVERS.items():
+        if name in ("reference", "split-writes"):
+            assert not server.expected_failures(), name
+            continue
+        assert server.breaks, f"{name} names no requirement it breaks"
+        assert server.__doc__ and all(f"[{rid}]" in server.__doc__ for rid in server.breaks), name
+        assert not server.breaks & server.consequences, name
+
+
+# -- what the broken servers taught the kit --------------------------------------------------------
+
+
+def test_two_registrations_differing_in_case_may_each_leave_once():
+    """case-sensitive-names made the kit blame [LEAVE-4] for its [NAME-2] break: the
+    LEAVE-4 bookkeeping lower-cased names, so `LEAVE ALICE` then `LEAVE alice` (one
+    LEAVE for each of two registrations) looked like a second LEAVE for one name."""
+    ours, theirs = socket.socketpair()
+    peer = Peer("bob", ("socketpair", 0), Transcript(), timeout=1.0).attach(ours)
+    try:
+        theirs.sendall(b"HELLO chat/1 line-max=1024 name-max=32\nJOIN alice\nJOIN ALICE\n"
+                       b"LEAVE ALICE quit\nLEAVE alice quit\nLEAVE alice quit\n")
+        for _ in range(6):
+            assert isinstance(peer.next_event(), Line)
+    finally:
+        peer.close()
+        theirs.close()
+    # Only the last one is a second LEAVE for a registration.
+    assert [(v.requirement_id, v.raw) for v in peer.violations] == [("LEAVE-4", b"LEAVE alice quit\n")]
+
+
+def test_a_malformed_join_is_nobody_elses():
+    """crlf made the kit report `timeout after 2 s` for a JOIN that came: `JOIN name\\r`
+    was skipped as the JOIN of somebody outside the case (an unknown "name")."""
+    case = Case(name="c", covers=(), needs=(), quotes=(), source="-", run=lambda ctx: None, kind="python")
+    ctx = CaseContext(case, Target("t", "127.0.0.1", 1))
+    mine = ctx.name_for("alice")
+    assert ctx.is_outsider("JOIN stranger") and ctx.is_outsider("MSG stranger hi")
+    assert not ctx.is_outsider(f"JOIN {mine}") and not ctx.is_outsider(f"JOIN {mine.upper()}")
+    assert not ctx.is_outsider(f"JOIN {mine}\r")
+    assert not ctx.is_outsider("JOIN stranger\r")
+
+
+# -- the awkward but legal server really is awkward ---------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_the_split_writes_server_splits_lines_and_characters_for_the_reader():
+    """The kit passing it proves something only if its reader does see the pieces:
+    a line without its LF, and a read that ends inside a UTF-8 character."""
+    limits = Limits(max_per_address=0, flood_rate=0, register_timeout=0, ping_interval=0)
+    server = SplitWritesServer("127.0.0.1", 0, limits).start()
+    reads: list[bytes] = []
+    try:
+        with socket.create_connection(server.address, timeout=DEADLINE) as sock:
+            received = b""
+
+            def read_line() -> None:
+                nonlocal received
+                while b"\n" not in received:
+                    data = sock.recv(65536)
+                    assert data, "the server closed"
+                    reads.append(data)
+                    received += data
+                received = received.split(b"\n", 1)[1]
+
+            read_line()  # HELLO
+            sock.sendall(b"USER splitter\n")
+            read_line()
+            for index in range(20):
+                sock.sendall(f"MSG caf\u00e9 {index}\n".encode())
+                read_line()
+    finally:
+        server.shutdown()
+    assert any(not data.endswith(b"\n") for data in reads), reads
+    assert any(data.endswith(b"\xc3") for data in reads), reads
+
+
+# -- not chat servers: fail fast, never hang -----------------------------------------------------
+
+
+@pytest.mark.timeout(NOT_CHAT_BOUND + 30)
+@pytest.mark.parametrize("behaviour", list(FAKES))
+def test_a_server_that_is_not_chat_fails_fast_from_the_command_line(tmp_path, behaviour):
+    server = FakeServer(behaviour)
+    report = tmp_path / "report.json"
+    try:
+        started = time.monotonic()
+        finished = subprocess.run(
+            [sys.executable, "-m", "conformance", "{}:{}".format(*server.address), "--timeout", "1",
+             "--json", str(report)],
+            cwd=REPO, env=_environment(), capture_output=True, text=True, timeout=NOT_CHAT_BOUND + 20)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert finished.returncode == 1, finished.stdout + finished.stderr
+    assert elapsed < NOT_CHAT_BOUND, f"the run took {elapsed:.1f} s"
+    assert failed_ids(json.loads(report.read_text(encoding="utf-8"))) == expected_failures(behaviour)
+    assert "FAIL: preflight" in finished.stdout
+    assert "cases not run: the server did not greet with HELLO" in finished.stdout
