@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -88,6 +90,24 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def start_server_process(*args: str, env: dict[str, str] | None = None,
+                         banner: str = "chat server listening on ",
+                         ) -> tuple[subprocess.Popen, tuple[str, int]]:
+    """`python -m chat.server --port 0 ARGS` and the address from its banner.
+
+    The caller stops the process (terminate or a signal, then wait)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chat.server", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = process.stdout.readline()
+    if not first.startswith(banner):
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"server did not start: {first!r} {stderr}")
+    host, port = first.rsplit(" ", 1)[1].strip().rsplit(":", 1)
+    return process, (host, int(port))
 
 
 @pytest.fixture

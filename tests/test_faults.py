@@ -13,8 +13,6 @@ import logging
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from chat.limits import Limits
-from tests.conftest import DEADLINE, LineClient
+from tests.conftest import DEADLINE, LineClient, start_server_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -260,19 +258,6 @@ def test_half_close_after_a_burst_handles_every_complete_line(make_server, flood
 # ---------------------------------------------------------------------------
 # Shutdown under load ([LIMIT-7])
 # ---------------------------------------------------------------------------
-
-
-def start_server_process(*args: str) -> tuple[subprocess.Popen, tuple[str, int]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chat.server", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    banner = process.stdout.readline()
-    if not banner.startswith("chat server listening on "):
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"server did not start: {banner!r} {stderr}")
-    host, port = banner.rsplit(" ", 1)[1].strip().rsplit(":", 1)
-    return process, (host, int(port))
 
 
 EOF = "<EOF>"

@@ -20,7 +20,7 @@ import pytest
 
 from chat.limits import Limits
 from chat.server import ChatServer
-from tests.conftest import TEST_LIMITS, LineClient
+from tests.conftest import TEST_LIMITS, LineClient, start_server_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,16 +206,6 @@ def test_listens_on_ipv6_loopback(make_server):
     client.close()
 
 
-def start_server_process(*args: str) -> tuple[subprocess.Popen, tuple[str, int]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chat.server", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    banner = process.stdout.readline()
-    assert banner.startswith("chat server listening on "), banner + process.stderr.read()
-    host, port = banner.rsplit(" ", 1)[1].strip().rsplit(":", 1)
-    return process, (host, int(port))
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_the_server_within_a_second(signum):
     process, address = start_server_process("--max-per-address", "0")
@@ -236,14 +226,9 @@ def test_signal_stops_the_server_within_a_second(signum):
 
 
 def test_password_is_read_from_the_environment_not_argv():
-    env = dict(os.environ, CHAT_PASSWORD="hunter2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chat.server", "--port", "0", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process, address = start_server_process("--quiet", env=dict(os.environ, CHAT_PASSWORD="hunter2"))
     try:
-        banner = process.stdout.readline()
-        host, port = banner.rsplit(" ", 1)[1].strip().rsplit(":", 1)
-        client = LineClient((host, int(port)))
+        client = LineClient(address)
         assert client.line().endswith(" password=1")
         client.send("USER alice")
         client.expect_prefix("ERR PASSWORD_REQUIRED ")

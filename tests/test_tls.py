@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-import sys
 
 import pytest
 
 from chat.server import ChatServer
-from tests.conftest import TEST_LIMITS, LineClient
+from tests.conftest import TEST_LIMITS, LineClient, start_server_process
 
 trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
 
@@ -104,15 +102,10 @@ def test_server_command_line_serves_tls(certificate_authority, client_context, t
     cert = certificate_authority.issue_cert("127.0.0.1")
     cert_file = tmp_path / "server.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chat.server", "--port", "0", "--tls-port", "0",
-         "--tls-cert", str(cert_file), "--tls-only"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, address = start_server_process("--tls-port", "0", "--tls-cert", str(cert_file), "--tls-only",
+                                            banner="chat server listening with TLS on ")
     try:
-        banner = process.stdout.readline()
-        assert banner.startswith("chat server listening with TLS on "), banner
-        host, port = banner.rsplit(" ", 1)[1].strip().rsplit(":", 1)
-        client = TLSLineClient((host, int(port)), client_context).register("cli")
+        client = TLSLineClient(address, client_context).register("cli")
         client.send("MSG hi")
         client.expect("MSG cli hi")
         client.close()
