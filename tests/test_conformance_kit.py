@@ -199,20 +199,26 @@ def test_no_case_matching_is_a_usage_error():
 # -- servers that are not chat servers: fail fast, never hang --------------------------------
 
 
-class FakeServer:
-    """A TCP server that is not a chat/1 server: `echo` sends back what it gets,
-    `silent` never says anything. Stops its threads on close()."""
+class ThreadedTestServer:
+    """A loopback TCP server with threads per connection, for the fakes below.
 
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
+    A subclass says what a connection does in `handle(client)`: it returns the
+    sockets it opened and the (function, args) to run in threads. close()
+    stops the acceptor, shuts every socket down and joins every thread.
+    """
+
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.05)
         self.address = self.listener.getsockname()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._clients: list[socket.socket] = []
+        self._sockets: list[socket.socket] = []
         self._acceptor = threading.Thread(target=self._accept)
         self._acceptor.start()
+
+    def handle(self, client: socket.socket) -> tuple[list[socket.socket], list[tuple[Callable, tuple]]]:
+        raise NotImplementedError
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -220,10 +226,38 @@ class FakeServer:
                 client, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            self._clients.append(client)
-            thread = threading.Thread(target=self._serve, args=(client,))
-            self._threads.append(thread)
-            thread.start()
+            sockets, jobs = self.handle(client)
+            self._sockets += sockets
+            for target, args in jobs:
+                thread = threading.Thread(target=target, args=args)
+                self._threads.append(thread)
+                thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._acceptor.join()
+        self.listener.close()
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join()
+        for sock in self._sockets:
+            sock.close()
+
+
+class FakeServer(ThreadedTestServer):
+    """A TCP server that is not a chat/1 server: `echo` sends back what it gets,
+    `silent` never says anything."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        super().__init__()
+
+    def handle(self, client):
+        return [client], [(self._serve, (client,))]
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -232,19 +266,6 @@ class FakeServer:
                     client.sendall(data)
         except OSError:
             pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._acceptor.join()
-        self.listener.close()
-        for client in self._clients:
-            try:
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            client.close()
-        for thread in self._threads:
-            thread.join()
 
 
 @pytest.mark.timeout(60)
@@ -276,35 +297,19 @@ def test_a_server_that_is_not_there_fails_fast():
 # -- broken servers: the reference server behind a spoiling proxy ----------------------------
 
 
-class SpoilingProxy:
+class SpoilingProxy(ThreadedTestServer):
     """A proxy in front of a good server that passes client bytes through and
     hands every server line to `spoil(line, count)` (count: lines so far on
-    that connection), sending what it returns instead. Stops on close()."""
+    that connection), sending what it returns instead."""
 
     def __init__(self, upstream: tuple[str, int], spoil: Callable[[bytes, int], bytes]) -> None:
         self.upstream = upstream
         self.spoil = spoil
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.address = self.listener.getsockname()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
-        self._acceptor = threading.Thread(target=self._accept)
-        self._acceptor.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            server = socket.create_connection(self.upstream)
-            self._sockets += [client, server]
-            for target, args in ((self._up, (client, server)), (self._down, (server, client))):
-                thread = threading.Thread(target=target, args=args)
-                self._threads.append(thread)
-                thread.start()
+    def handle(self, client):
+        server = socket.create_connection(self.upstream)
+        return [client, server], [(self._up, (client, server)), (self._down, (server, client))]
 
     @staticmethod
     def _up(client: socket.socket, server: socket.socket) -> None:
@@ -330,19 +335,6 @@ class SpoilingProxy:
         except OSError:
             pass
 
-    def close(self) -> None:
-        self._stop.set()
-        self._acceptor.join()
-        self.listener.close()
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join()
-        for sock in self._sockets:
-            sock.close()
 
 
 def run_behind_proxy(servers, spoil, name: str, timeout: float = 1.0):
