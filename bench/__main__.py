@@ -49,7 +49,8 @@ def latency_list(text: str) -> tuple[tuple[int, float], ...]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark a chat/1 server: fan-out, latency, connections, slow consumer.",
+        description="Benchmark a chat/1 server: fan-out, latency, connections, slow consumer; "
+                    "and the send floor of this machine.",
     )
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS) + ["all"],
                         help="scenario to run (repeatable; default: all)")
@@ -109,6 +110,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
         # A small bound so that the stalled client is dropped within the
         # short run (with the server's default it takes many seconds).
         settings.slow_outbound_max = 16384
+        settings.floor_passes = 20
         settings.setup_timeout_s = 30.0
         settings.drain_timeout_s = 30.0
     if args.server:

@@ -23,6 +23,7 @@ TABLE_COLUMNS = {
         "held", "failed", "connect_per_s", "step_s", "join_lines", "rss_kb",
         "rss_per_conn_kb", "server_threads", "gen_cpu_pct", "server_cpu_pct", "other_cpu_pct",
     ],
+    "send-floor": ["passes", "pass_p50_ms", "pass_p99_ms", "us_per_send", "short_sends", "lost"],
 }
 
 

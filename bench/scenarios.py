@@ -1,4 +1,4 @@
-"""The four benchmark scenarios. Each function does ONE run of its scenario.
+"""The benchmark scenarios. Each function does ONE run of its scenario.
 
 A run returns a list of (case name, metrics) pairs; bench/__main__.py repeats
 runs and takes medians. Every run starts its own server (unless --server was
@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Callable
 
+from bench.floor import scenario_send_floor
 from bench.net import Barrier, BenchTimeout, Client, EventLoop, open_clients
 from bench.serverproc import (
     CpuMeter,
@@ -89,6 +90,8 @@ class Settings:
     slow_max_extra_s: float = 30.0  # keep going this long for the stalled client to be dropped
     stalled_receive_buffer: int = 4096
     slow_outbound_max: int | None = None  # None: the server's default
+    # send floor: timed passes per case (60 a second)
+    floor_passes: int = 120
     # deadlines for the non-measured phases
     setup_timeout_s: float = 120.0
     drain_timeout_s: float = 60.0
@@ -784,4 +787,5 @@ SCENARIOS: dict[str, Callable[[Settings], list[Case]]] = {
     "latency": scenario_latency,
     "connections": scenario_connections,
     "slow-consumer": scenario_slow_consumer,
+    "send-floor": scenario_send_floor,  # no server: the machine's own limit (bench/floor.py)
 }

@@ -247,7 +247,7 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing(tmp_path):
     assert bench.returncode == 0, output
     results = json.loads(results_file.read_text())
     scenarios = results["scenarios"]
-    assert set(scenarios) == {"fan-out", "latency", "connections", "slow-consumer"}
+    assert set(scenarios) == {"fan-out", "latency", "connections", "slow-consumer", "send-floor"}
     for name, data in scenarios.items():
         assert data["errors"] == [], (name, data["errors"])
         assert data["cases"], f"{name} produced no figures"
@@ -256,7 +256,8 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing(tmp_path):
                 assert run.get("lost", 0) == 0, (name, case, run)
                 assert run.get("extra", 0) == 0, (name, case, run)
                 assert run.get("order_errors", 0) == 0, (name, case, run)
-                assert run["gen_cpu_pct"] is not None
+                if name != "send-floor":  # no server, no generator: nothing to meter
+                    assert run["gen_cpu_pct"] is not None
     for run in _runs(scenarios, "fan-out"):
         assert run["sent"] > 0 and run["lines_per_s"] > 0
         assert run["delivered_lines"] == run["sent"] * run["clients"]
@@ -265,6 +266,9 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing(tmp_path):
         assert run["p50_ms"] is not None and run["p99_ms"] >= run["p50_ms"]
     for run in _runs(scenarios, "connections"):
         assert run["held"] == run["target"] and run["rss_per_conn_kb"] is not None
+    for run in _runs(scenarios, "send-floor"):
+        assert run["short_sends"] == 0
+        assert 0 < run["pass_p50_ms"] <= run["pass_p99_ms"]
     for run in _runs(scenarios, "slow-consumer"):
         assert run["others_lost"] == 0
         assert run["base_p99_ms"] is not None and run["stall_p99_ms"] is not None
