@@ -51,6 +51,7 @@ from chat.protocol import (
     parse_reply,
     replace_control_characters,
 )
+from chat.transport import MemoryTLS
 
 #: Bytes asked of recv() at a time.
 RECV_SIZE = 4096
@@ -486,75 +487,38 @@ class PlainStream:
 
 
 class TLSStream(PlainStream):
-    """TLS over the socket through ssl.MemoryBIO; the socket stays plain.
+    """TLS over the socket through MemoryTLS (chat/transport.py).
 
-    An OpenSSL connection must not be used by two threads at once, and here
-    one thread reads while the other writes: an ssl.SSLSocket would do
-    exactly that. So, as in chat/transport.py for the server, the TLS state
-    machine is plain data used under a lock, and only ciphertext touches the
-    socket. Ciphertext is taken and sent under the send lock, so records leave
-    in the order they were made.
-    """
+    Not an ssl.SSLSocket: that would use one OpenSSL connection from the
+    reader and the writer thread at once, which OpenSSL forbids. Ciphertext is
+    taken and sent under the send lock, so records leave in the order made."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
         super().__init__(sock)
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing,
-                                     server_hostname=server_hostname)
-        self._tls_lock = threading.Lock()  # guards _tls and both BIOs
-        self._handshake()
-
-    def _handshake(self) -> None:
-        """Agree on keys and check the certificate; before the reader starts.
-
-        Raises ssl.SSLError (ssl.SSLCertVerificationError for an untrusted
-        certificate) or OSError."""
-        while True:
-            try:
-                self._tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._send_ciphertext()
-                data = self.sock.recv(RECV_SIZE)
-                if not data:
-                    raise ConnectionAbortedError("closed during the TLS handshake") from None
-                self._incoming.write(data)
-        self._send_ciphertext()
+        self._tls = MemoryTLS(context, server_hostname=server_hostname)
+        # Before the reader starts; raises OSError (ssl.SSLCertVerificationError too).
+        self._tls.handshake(sock, RECV_SIZE)
 
     def recv(self) -> bytes:
         while True:
-            with self._tls_lock:
-                try:
-                    data = self._tls.read(RECV_SIZE)
-                except ssl.SSLWantReadError:
-                    data = None  # Needs more ciphertext.
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    data = b""  # close_notify, or the socket's end: over either way.
+            with self._tls.lock:
+                data = self._tls.read(RECV_SIZE)
                 # Reading can make records to send (the answer to a key update).
-                answer_waiting = self._outgoing.pending > 0
+                answer_waiting = self._tls.has_outgoing()
             if answer_waiting:
-                self._send_ciphertext()
+                self.sendall(b"")  # just those records
             if data is not None:
                 return data
             ciphertext = self.sock.recv(RECV_SIZE)  # Blocking, outside the lock.
-            with self._tls_lock:
-                if ciphertext:
-                    self._incoming.write(ciphertext)
-                else:
-                    self._incoming.write_eof()
+            with self._tls.lock:
+                self._tls.feed(ciphertext)
 
     def sendall(self, data: bytes) -> None:
         with self._sending:
-            with self._tls_lock:
-                self._tls.write(data)
-                ciphertext = self._outgoing.read()
-            self.sock.sendall(ciphertext)
-
-    def _send_ciphertext(self) -> None:
-        with self._sending:
-            with self._tls_lock:
-                ciphertext = self._outgoing.read()
+            with self._tls.lock:
+                if data:
+                    self._tls.sslobj.write(data)
+                ciphertext = self._tls.take_outgoing()
             if ciphertext:
                 self.sock.sendall(ciphertext)
 

@@ -1,6 +1,6 @@
 """How the server's bytes reach a socket: in the clear, or inside TLS.
 
-Part of the server's I/O edge (chat/server.py uses it; nothing else does).
+Part of the server's I/O edge (chat/server.py uses it; the client borrows MemoryTLS).
 Each connection has two threads touching its socket: its reader, which blocks
 in recv(), and the flusher, which must never block and so sends with
 MSG_DONTWAIT. A transport gives both of them what they need:
@@ -14,8 +14,8 @@ MSG_DONTWAIT. A transport gives both of them what they need:
 Why TLS is done "sans I/O" with ssl.MemoryBIO rather than ssl.SSLSocket: an
 SSLSocket cannot be blocking for one thread and non-blocking for another
 (send() refuses MSG_DONTWAIT), and an OpenSSL connection must not be used by
-two threads at once. With MemoryBIO the TLS state machine is plain data
-behind a lock, and the socket stays an ordinary socket.
+two threads at once. With MemoryBIO (see MemoryTLS) the TLS state machine is
+plain data behind a lock, and the socket stays an ordinary socket.
 """
 
 from __future__ import annotations
@@ -75,17 +75,68 @@ class PlainTransport:
             self.sock.close()
 
 
+class MemoryTLS:
+    """One TLS connection as plain data: an ssl.SSLObject between two MemoryBIOs.
+
+    The socket stays the caller's: ciphertext from it goes in with feed(), and
+    ciphertext for it comes out with take_outgoing(). Once two threads share
+    it, call it only under `lock`; to keep records in order, a caller takes
+    and queues (or sends) them under one lock (see TLSTransport, TLSStream)."""
+
+    def __init__(self, context: ssl.SSLContext, server_side: bool = False,
+                 server_hostname: str | None = None) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        #: The TLS state machine; callers use its write() and unwrap() directly.
+        self.sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side, server_hostname)
+        self.lock = threading.Lock()
+
+    def handshake(self, sock: socket.socket, recv_size: int) -> None:
+        """Agree on keys over a blocking socket, before a second thread uses either."""
+        while True:
+            try:
+                self.sslobj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(self.take_outgoing())
+                data = sock.recv(recv_size)
+                if not data:
+                    raise ConnectionAbortedError("closed during the TLS handshake") from None
+                self.feed(data)
+        # The last flight: the client's Finished, or a TLS 1.3 server's session tickets.
+        sock.sendall(self.take_outgoing())
+
+    def read(self, size: int) -> bytes | None:
+        """Up to `size` bytes of plaintext, b"" at the end, None if it needs ciphertext."""
+        try:
+            return self.sslobj.read(size)
+        except ssl.SSLWantReadError:
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""  # close_notify, or the socket's end: over either way.
+
+    def feed(self, ciphertext: bytes) -> None:
+        """Ciphertext from the socket; b"" for its end."""
+        if ciphertext:
+            self._incoming.write(ciphertext)
+        else:
+            self._incoming.write_eof()
+
+    def take_outgoing(self) -> bytes:
+        """The ciphertext made so far, in order; b"" if none."""
+        return self._outgoing.read()
+
+    def has_outgoing(self) -> bool:
+        return self._outgoing.pending > 0
+
+
 class TLSTransport(PlainTransport):
-    """TLS over a socket through ssl.MemoryBIO, the socket itself left alone."""
+    """TLS over a socket through MemoryTLS, the socket itself left alone."""
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         super().__init__(sock)
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        #: Guards the TLS object and `_ciphertext`: both threads use them.
-        self._tls_lock = threading.Lock()
-        #: Encrypted bytes waiting for the socket.
+        self._tls = MemoryTLS(context, server_side=True)
+        #: Encrypted bytes waiting for the socket. Both threads use it, under `_tls.lock`.
         self._ciphertext = bytearray()
 
     def handshake(self, timeout: float) -> None:
@@ -96,46 +147,32 @@ class TLSTransport(PlainTransport):
         """
         self.sock.settimeout(timeout)
         try:
-            while True:
-                try:
-                    self._tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    self.sock.sendall(self._outgoing.read())
-                    data = self.sock.recv(RECV_SIZE)
-                    if not data:
-                        raise ConnectionAbortedError("closed during the TLS handshake") from None
-                    self._incoming.write(data)
-            # TLS 1.3 servers send session tickets right after the handshake.
-            self.sock.sendall(self._outgoing.read())
+            self._tls.handshake(self.sock, RECV_SIZE)
         finally:
             self.sock.settimeout(None)
 
     def recv(self) -> bytes:
         while True:
-            with self._tls_lock:
+            with self._tls.lock:
                 try:
-                    return self._tls.read(RECV_SIZE)
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLZeroReturnError:
-                    return b""  # The client's close_notify: an orderly end.
+                    data = self._tls.read(RECV_SIZE)
                 finally:
-                    # Reading can produce records to send (a key update's
-                    # answer); the flusher sends them on its next visit.
-                    self._ciphertext += self._outgoing.read()
-            data = self.sock.recv(RECV_SIZE)  # blocking, outside the lock
-            if not data:
+                    # A key update's answer: the flusher sends it on its next visit.
+                    self._ciphertext += self._tls.take_outgoing()
+            if data is not None:
+                return data
+            ciphertext = self.sock.recv(RECV_SIZE)  # blocking, outside the lock
+            if not ciphertext:
                 return b""
-            with self._tls_lock:
-                self._incoming.write(data)
+            with self._tls.lock:
+                self._tls.feed(ciphertext)
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
-        with self._tls_lock:
+        with self._tls.lock:
             taken = 0
             if data and len(self._ciphertext) < TLS_UNSENT_MAX:
-                taken = self._tls.write(data)
-                self._ciphertext += self._outgoing.read()
+                taken = self._tls.sslobj.write(data)
+                self._ciphertext += self._tls.take_outgoing()
             if self._ciphertext:
                 sent = super().send_nowait(self._ciphertext)
                 del self._ciphertext[:sent]
@@ -147,12 +184,12 @@ class TLSTransport(PlainTransport):
     def close_notify(self) -> None:
         """Tell the client the stream ends here, so that a truncation attack
         cannot pass for an orderly end. Best effort: it never blocks."""
-        with self._tls_lock:
+        with self._tls.lock:
             try:
-                self._tls.unwrap()
+                self._tls.sslobj.unwrap()
             except ssl.SSLError:
                 pass  # SSLWantReadError: the client's answer is not awaited.
-            self._ciphertext += self._outgoing.read()
+            self._ciphertext += self._tls.take_outgoing()
             try:
                 self.sock.send(self._ciphertext, socket.MSG_DONTWAIT)
             except OSError:
