@@ -82,6 +82,15 @@ FLUSHERS = max(1, min(4, os.cpu_count() or 1))
 #: 1.5 ms: one acceptor admitted 650 clients a second, four 2,000 (README,
 #: Design). More than four did no better.
 ACCEPTORS = 4
+#: sys.setswitchinterval() for the server process, in seconds (Python's
+#: default is 0.005). A thread waiting for the GIL wakes up every interval to
+#: claim it, so when thousands of clients send at the same moment (10,000
+#: answering a PING), thousands of threads wake 200 times a second each: one
+#: flusher pass over 5,000 clients took 14 to 38 s, and the benchmark's 10,000
+#: step 16 to 160 s. At 0.2 s that step took 2.3 to 3 s. No thread here holds
+#: the GIL for long (every send and recv lets go of it), so a forced switch
+#: is never what hands it on, and latency did not change (README, Design).
+GIL_SWITCH_INTERVAL = 0.2
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
 #: HELLO, so a tenth of a second is precise enough and costs nothing.
 WATCHDOG_PERIOD = 0.1
@@ -651,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     # Reader threads need little stack; 256 KiB instead of 8 MiB keeps ten
     # thousand of them within the address space and their memory small.
     threading.stack_size(256 * 1024)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     tls_context = None
     if args.tls_cert:
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
