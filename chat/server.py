@@ -25,7 +25,7 @@ Why this shape (README, "Design", has the figures):
   room; a flusher then hands each recipient everything that accumulated since
   its last pass in one send(). Under load, lines batch up by themselves. A
   pass is mostly send() calls, which release the GIL, so one flusher per core
-  sends in parallel.
+  lets them overlap (a modest gain: see FLUSHERS).
 - One lock guards the room and the queues. A command's actions are applied
   under it in one go, so each command takes effect at a single instant
   ([ORDER-1]) and everyone sees the room in the same order ([ORDER-2]).
@@ -73,9 +73,10 @@ SHUTDOWN_GRACE = 1.0
 #: no slot until then, so this is kept short.
 HANDSHAKE_TIMEOUT = 10.0
 #: Flusher threads, one per core (at most 4). A pass over the room is mostly
-#: send() calls, which release the GIL, so flushers on two cores send in
-#: parallel: a pass over 1,000 sockets took 7.8 ms with one thread and 4.3 ms
-#: with two (README, Design).
+#: send() calls, which release the GIL, so flushers on two cores can overlap
+#: their sends. The gain measured is modest, since each send() still takes
+#: the GIL back: a pass over 1,000 sockets takes 8.4 ms from one thread and
+#: 7.0 ms from two (`python -m bench --scenario send-floor`; README, Design).
 FLUSHERS = max(1, min(4, os.cpu_count() or 1))
 #: Threads accepting connections. Thread.start() returns only once the new
 #: thread has run, and with hundreds of threads wanting the GIL that took
