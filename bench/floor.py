@@ -50,6 +50,7 @@ def scenario_send_floor(settings) -> list[Case]:
 def measure_passes(count: int, threads: int, passes: int, sender_cpus: set[int] | None) -> dict:
     """Time `passes` passes of one LINE to each of `count` connections."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=count)
+    listener.settimeout(30)  # should the child fail to connect, fail the run instead of hanging
     port = listener.getsockname()[1]
     result_reader, result_writer = os.pipe()
     child = os.fork()

@@ -80,8 +80,8 @@ HANDSHAKE_TIMEOUT = 10.0
 FLUSHERS = max(1, min(4, os.cpu_count() or 1))
 #: Threads accepting connections. Thread.start() returns only once the new
 #: thread has run, and with hundreds of threads wanting the GIL that took
-#: 1.5 ms: one acceptor admitted 650 clients a second, four 2,000 (README,
-#: Design). More than four did no better.
+#: 1.5 ms: one acceptor admitted 236 to 711 clients a second, four 1,239 to
+#: 1,803 (README, Design). Eight did no better than four.
 ACCEPTORS = 4
 #: sys.setswitchinterval() for the server process, in seconds (Python's
 #: default is 0.005). A thread waiting for the GIL wakes up every interval to
