@@ -252,20 +252,17 @@ def server_line_maximum(ctx: CaseContext) -> None:
     bob = ctx.register("bob")
     alice.expect_line(f"JOIN {bob.name}")
 
-    text = "m" * (limit - len("MSG \n"))
-    alice.send_line(f"MSG {text}")
-    for peer in (alice, bob):
-        line = peer.expect_line(f"MSG {alice.name} {text}", ids=("FRAME-6", "MSG-1"))
-        if len(line.raw) > bound:
-            raise ctx.fail(f"at most {bound} bytes", f"{len(line.raw)} bytes", ids=["FRAME-6"],
-                           who=peer.label)
-    text = "p" * (limit - len(f"PM {bob.name} \n"))
-    alice.send_line(f"PM {bob.name} {text}")
-    for peer in (alice, bob):
-        line = peer.expect_line(f"PM {alice.name} {bob.name} {text}", ids=("FRAME-6", "PM-1"))
-        if len(line.raw) > bound:
-            raise ctx.fail(f"at most {bound} bytes", f"{len(line.raw)} bytes", ids=["FRAME-6"],
-                           who=peer.label)
+    # Each command's text, of one letter repeated, fills its line to line-max.
+    longest = (("MSG ", f"MSG {alice.name} ", "m", "MSG-1"),
+               (f"PM {bob.name} ", f"PM {alice.name} {bob.name} ", "p", "PM-1"))
+    for command, delivered, letter, requirement in longest:
+        text = letter * (limit - len(command + "\n"))
+        alice.send_line(command + text)
+        for peer in (alice, bob):
+            line = peer.expect_line(delivered + text, ids=("FRAME-6", requirement))
+            if len(line.raw) > bound:
+                raise ctx.fail(f"at most {bound} bytes", f"{len(line.raw)} bytes", ids=["FRAME-6"],
+                               who=peer.label)
 
 
 @python_case("half-close", covers=["FRAME-10", "LEAVE-3"], quote=[
