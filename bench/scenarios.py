@@ -65,7 +65,6 @@ class Settings:
     server: tuple[str, int] | None = None  # None: start the reference server
     server_pid: int | None = None
     server_cpus: set[int] | None = None  # CPUs for a reference server (None: any)
-    quick: bool = False
     # fan-out
     fanout_clients: tuple[int, ...] = (100, 1000)
     fanout_senders: int = 10
