@@ -50,6 +50,10 @@ def join_threads_named(names: set[str], deadline: float = DEADLINE) -> None:
     end = time.monotonic() + deadline
     for thread in threading.enumerate():
         if thread.name in names:
+            # enumerate() lists a thread whose start() has not returned yet,
+            # and join() refuses such a thread: wait for it to be running
+            # first (Thread has no public way to wait for that).
+            thread._started.wait(max(0.0, end - time.monotonic()))
             thread.join(max(0.0, end - time.monotonic()))
     alive = [t.name for t in threading.enumerate() if t.name in names]
     assert not alive, f"the server never finished with {alive}"
