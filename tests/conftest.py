@@ -159,7 +159,24 @@ def no_threads_left_behind():
     assert not left, f"threads left running: {left}"
 
 
+#: Test modules whose outcome does not depend on the Python running them: each
+#: starts its own processes (the broken-server suite runs the kit as a process
+#: per broken server; the benchmark's smoke run starts servers and load
+#: generators). tox runs them once, in its `once` environment, instead of once
+#: per interpreter; a plain `pytest` runs them with the rest.
+ONCE_MODULES = frozenset({"test_kit_can_fail.py", "test_bench.py"})
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "stress: the concurrency test of tests/test_stress.py, 300 join/leave "
                    "cycles under broadcast (deselect with -m 'not stress')")
+    config.addinivalue_line(
+        "markers", "once: independent of the interpreter; tox runs these once, in its `once` "
+                   "environment (deselect with -m 'not once')")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in ONCE_MODULES:
+            item.add_marker(pytest.mark.once)
