@@ -38,6 +38,9 @@ NAME = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
 TOKEN = r"[\x21-\x7e]{1,64}"
 NUMBER = r"[0-9]{1,10}"
 CODE = r"[A-Z_]+"
+#: File sharing (SPEC.md section 11a): a transfer's tid and a file's SHA-256.
+TID = r"[A-Za-z0-9]{1,16}"
+SHA256 = r"[0-9a-f]{64}"
 
 SERVER_LINE = re.compile("|".join(f"(?:{form})" for form in (
     rf"HELLO chat/1(?: [a-z-]+={NUMBER})+",
@@ -51,6 +54,11 @@ SERVER_LINE = re.compile("|".join(f"(?:{form})" for form in (
     rf"PONG {TOKEN}",
     r"OK PASS",
     rf"ERR {CODE} {TEXT}",
+    # File sharing (SPEC.md section 11a): the server lines of its ABNF.
+    rf"OFFER {NAME} {NAME} {TID} {NUMBER} {SHA256} {TEXT}",
+    rf"ACCEPTED {NAME} {TID} {TOKEN}",
+    rf"ENDED {NAME} {TID} (?:done|rejected|cancelled|expired|gone|aborted|oversize|corrupt)",
+    rf"READY {NAME} {TID} {NUMBER}",
 )))
 
 _NAME_RE = re.compile(NAME)

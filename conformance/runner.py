@@ -60,6 +60,7 @@ FEATURES = tuple(p for p in HELLO_PARAMETERS if p not in ("line-max", "name-max"
 def all_cases(spec: Spec) -> list[Case]:
     """Every case the kit has: SPEC.md's examples, the transcripts, the Python cases."""
     import conformance.cases  # noqa: F401 - its decorators fill PYTHON_CASES
+    import conformance.cases_files  # noqa: F401 - the same, for file sharing (SPEC.md 11a)
 
     sessions = spec_sessions(spec.text, source=os.path.basename(spec.path)) + load_session_dir()
     cases = [session_case(session) for session in sessions] + list(PYTHON_CASES)

@@ -37,6 +37,15 @@ SELF_HOSTED_LIMITS: dict[str, Any] = {
     "flood_burst": 20,
     # Small, so the slow-reader case overflows it within a second or two.
     "outbound_max": 32 * 1024,
+    # File sharing (SPEC.md section 11a): 64 MiB, so the fixed-window case can
+    # offer more than the kernels between two clients could ever buffer; three
+    # transfers per user and eight in all, reachable in a few offers; offers
+    # expire after 6 s, longer than register-timeout + ping-interval +
+    # ping-timeout, so the data-connection timer case can wait out all three.
+    "file_max": 64 * 1024 * 1024,
+    "file_per_user": 3,
+    "file_per_server": 8,
+    "file_expiry": 6,
 }
 
 
