@@ -58,6 +58,22 @@ class Limits:
     #: [PASS-1] the room's password, or None for an open room. Not advertised
     #: itself, only whether there is one.
     password: str | None = None
+    # -- file sharing (SPEC.md section 11a), advertised after every other parameter --
+    #: [FILE-1] the largest file relayed, in bytes; 0: the server relays no files.
+    #: 1 GiB: a video or a disk image fits, and a transfer costs the server a
+    #: fixed window whatever its size ([FILE-20]), so the bound is for people
+    #: (how long a slot stays taken), not for memory.
+    file_max: int = 1024 * 1024 * 1024
+    #: [FILE-5] transfers one user may have offered and not yet ended: enough
+    #: to send a few files at once, too few to flood a room with offers.
+    file_per_user: int = 4
+    #: [FILE-5] transfers open at once in all. Each holds two connections, two
+    #: threads and a 64 KiB window while it relays (README, Sharing files).
+    file_per_server: int = 32
+    #: [FILE-12] seconds an offer waits for ACCEPT (and the data connections
+    #: for each other, and the receiver's verdict): long enough for a person
+    #: to notice the offer and choose where to save it.
+    file_expiry: int = 120
 
     def __post_init__(self) -> None:
         # HELLO carries whole numbers, and a server must not time out before
@@ -66,6 +82,9 @@ class Limits:
             value = getattr(self, field.name)
             if field.name != "password" and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{field.name} must be a whole number >= 0, not {value!r}")
+        if self.file_max and not (self.file_per_user and self.file_per_server and self.file_expiry):
+            # [FILE-1]: a server that relays files bounds them all.
+            raise ValueError("with file_max > 0, file_per_user, file_per_server and file_expiry must be > 0")
 
     def hello_params(self) -> list[tuple[str, int]]:
         """The HELLO parameters in the order [HELLO-2] fixes."""
@@ -81,5 +100,10 @@ class Limits:
             ("flood-burst", self.flood_burst),
             ("outbound-max", self.outbound_max),
             ("password", 1 if self.password else 0),
+            # [FILE-1]: after every other parameter, the four of file sharing.
+            ("file-max", self.file_max),
+            ("file-per-user", self.file_per_user),
+            ("file-per-server", self.file_per_server),
+            ("file-expiry", self.file_expiry),
         ]
 

@@ -41,6 +41,15 @@ class ErrorCode(str, enum.Enum):
     PING_TIMEOUT = "PING_TIMEOUT"
     SLOW_CONSUMER = "SLOW_CONSUMER"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    # File sharing, SPEC.md section 11a.
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    TRANSFER_EXISTS = "TRANSFER_EXISTS"
+    TOO_MANY_TRANSFERS = "TOO_MANY_TRANSFERS"
+    TRANSFERS_FULL = "TRANSFERS_FULL"
+    NO_SUCH_TRANSFER = "NO_SUCH_TRANSFER"
+    OFFER_EXPIRED = "OFFER_EXPIRED"
+    WRONG_STATE = "WRONG_STATE"
+    BAD_TOKEN = "BAD_TOKEN"
 
     @property
     def closes(self) -> bool:
@@ -56,6 +65,7 @@ _CLOSING_ERRORS = frozenset({
     ErrorCode.PING_TIMEOUT,
     ErrorCode.SLOW_CONSUMER,
     ErrorCode.SHUTTING_DOWN,
+    ErrorCode.BAD_TOKEN,
 })
 
 
@@ -181,6 +191,53 @@ class Leave:
 Command = Pass | User | Msg | Pm | Users | Ping | Pong | Leave
 
 
+# -- file sharing (SPEC.md section 11a): known verbs only where file-max > 0 ([FILE-2])
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    recipient: str
+    tid: str
+    size: int
+    sha256: str
+    filename: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Accept:
+    sender: str
+    tid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    sender: str
+    tid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel:
+    sender: str
+    tid: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    sender: str
+    tid: str
+    #: True for `ok`, False for `corrupt`.
+    ok: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    token: str
+
+
+FileCommand = Offer | Accept | Reject | Cancel | Received | Data
+FILE_COMMANDS = (Offer, Accept, Reject, Cancel, Received, Data)
+
+
 def replace_control_characters(text: str, replacement: str = "\N{REPLACEMENT CHARACTER}") -> str:
     """The text with every [FRAME-8] control character replaced.
 
@@ -209,11 +266,13 @@ def _syntax_error(usage: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_SYNTAX, f"usage: {usage}")
 
 
-def parse_command(line: bytes) -> Command | None:
+def parse_command(line: bytes, files: bool = False) -> Command | FileCommand | None:
     """Turn one line (terminator removed) into a command, or None if empty.
 
     Raises ProtocolError for the first problem found, in the order of
     [FRAME-11]: encoding, characters, verb, then the command's fields.
+    `files`: whether the server relays files, so that the verbs of SPEC.md
+    section 11a are known ([FILE-2]).
     """
     if not line:
         return None  # [FRAME-9]
@@ -224,7 +283,7 @@ def parse_command(line: bytes) -> Command | None:
     if _CONTROL_CHARACTER.search(decoded):
         raise ProtocolError(ErrorCode.BAD_CHARACTER, "control characters are not allowed")
     verb, space, rest = decoded.partition(" ")
-    parse = _PARSERS.get(verb)
+    parse = _PARSERS.get(verb) or (_FILE_PARSERS.get(verb) if files else None)
     if parse is None:
         raise ProtocolError(
             ErrorCode.UNKNOWN_COMMAND,
@@ -290,6 +349,53 @@ _PARSERS = {
 }
 
 
+# -- file sharing ([FILE-4] to [FILE-18]); the rules of section 11a's ABNF
+
+_TID = re.compile(r"[A-Za-z0-9]{1,16}")
+_SIZE = re.compile(r"[0-9]{1,10}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _parse_offer(rest: str | None) -> Offer:
+    fields = (rest or "").split(" ", 4)
+    if (len(fields) < 5 or not is_valid_name(fields[0]) or not _TID.fullmatch(fields[1])
+            or not _SIZE.fullmatch(fields[2]) or not _SHA256.fullmatch(fields[3])
+            or not _is_text(fields[4])):
+        raise _syntax_error("OFFER <name> <tid> <size> <sha256> <filename>")
+    return Offer(fields[0], fields[1], int(fields[2]), fields[3], fields[4])
+
+
+def _parse_transfer_name(verb: str, rest: str | None) -> tuple[str, str]:
+    fields = (rest or "").split(" ")
+    if len(fields) != 2 or not is_valid_name(fields[0]) or not _TID.fullmatch(fields[1]):
+        raise _syntax_error(f"{verb} <sender> <tid>")
+    return fields[0], fields[1]
+
+
+def _parse_received(rest: str | None) -> Received:
+    fields = (rest or "").split(" ")
+    if (len(fields) != 3 or not is_valid_name(fields[0]) or not _TID.fullmatch(fields[1])
+            or fields[2] not in ("ok", "corrupt")):
+        raise _syntax_error("RECEIVED <sender> <tid> ok|corrupt")
+    return Received(fields[0], fields[1], fields[2] == "ok")
+
+
+def _parse_data(rest: str | None) -> Data:
+    if rest is None or not _TOKEN.fullmatch(rest):
+        raise _syntax_error("DATA <token>")
+    return Data(rest)
+
+
+_FILE_PARSERS = {
+    "OFFER": _parse_offer,
+    "ACCEPT": lambda rest: Accept(*_parse_transfer_name("ACCEPT", rest)),
+    "REJECT": lambda rest: Reject(*_parse_transfer_name("REJECT", rest)),
+    "CANCEL": lambda rest: Cancel(*_parse_transfer_name("CANCEL", rest)),
+    "RECEIVED": _parse_received,
+    "DATA": _parse_data,
+}
+
+
 # ---------------------------------------------------------------------------
 # Formatting: server lines ([FRAME-3], [GRAM-1])
 # ---------------------------------------------------------------------------
@@ -352,6 +458,22 @@ def format_error(code: ErrorCode, text: str) -> bytes:
     return _line("ERR", code.value, text)
 
 
+def format_offer(sender: str, recipient: str, tid: str, size: int, sha256: str, filename: str) -> bytes:
+    return _line("OFFER", sender, recipient, tid, str(size), sha256, filename)  # [FILE-4]
+
+
+def format_accepted(sender: str, tid: str, token: str) -> bytes:
+    return _line("ACCEPTED", sender, tid, token)  # [FILE-7]
+
+
+def format_ended(sender: str, tid: str, reason: str) -> bytes:
+    return _line("ENDED", sender, tid, reason)  # [FILE-11]
+
+
+def format_ready(sender: str, tid: str, size: int) -> bytes:
+    return _line("READY", sender, tid, str(size))  # [FILE-15]
+
+
 # ---------------------------------------------------------------------------
 # Server lines seen from the client side
 # ---------------------------------------------------------------------------
@@ -375,6 +497,7 @@ _REPLY_FIXED_FIELDS = {
     "HELLO": None, "JOIN": None, "LEAVE": None, "NAMES": None,
     "ENDNAMES": None, "PING": None, "PONG": None, "OK": None,
     "MSG": 1, "PM": 2, "ERR": 1,
+    "ACCEPTED": None, "ENDED": None, "READY": None, "OFFER": 5,
 }
 
 

@@ -40,17 +40,33 @@ import argparse
 import collections
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from chat.limits import Limits
 from chat.protocol import LineBuffer
-from chat.state import Action, Broadcast, ChatRoom, Close, Register, Send, Session, TokenBucket, Unregister
+from chat.state import (
+    Action,
+    Broadcast,
+    ChatRoom,
+    Close,
+    CutRelay,
+    Register,
+    Relay,
+    Send,
+    Session,
+    TokenBucket,
+    Unregister,
+)
+from chat.transfers import RECIPIENT, SENDER, Transfer
 from chat.transport import PlainTransport, TLSTransport
 
 log = logging.getLogger("chat.server")
@@ -92,6 +108,12 @@ ACCEPTORS = 4
 #: the GIL for long (every send and recv lets go of it), so a forced switch
 #: is never what hands it on, and latency did not change (README, Design).
 GIL_SWITCH_INTERVAL = 0.2
+#: [FILE-20] Bytes of one transfer in flight through the server at most: the
+#: pipe os.splice moves plain-TCP bytes through (64 KiB is Linux's default
+#: pipe size), or the plaintext a TLS relay decrypts at a time. Memory per
+#: transfer is this (plus TLS_UNSENT_MAX of ciphertext inside TLS), however
+#: large the file (README, Sharing files, has the figures).
+RELAY_WINDOW = 64 * 1024
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
 #: HELLO, so a tenth of a second is precise enough and costs nothing.
 WATCHDOG_PERIOD = 0.1
@@ -174,6 +196,12 @@ class Connection:
         self.personal: list[tuple[int, bytes]] = []
         #: When to cut the connection even if lines are still unsent.
         self.close_deadline: float | None = None
+        #: [FILE-15] Set when this is a data connection: its Relay action, and
+        #: the pair it belongs to in the FileRelay.
+        self.relay: Relay | None = None
+        self.relay_pair: RelayPair | None = None
+        #: Set by the flusher when it gave the socket over to the relay.
+        self.handed_over = False
 
         # -- the flusher's alone --
         #: Plaintext not yet taken by the transport.
@@ -201,6 +229,222 @@ class Connection:
         self.room_from = 0 if self.room_from is not None and self.room_to is None else None
         self.room_to = None
         return b"".join(parts)
+
+
+class RelayPair:
+    """The two data connections of one transfer, as they arrive. Guarded by FileRelay's lock."""
+
+    def __init__(self) -> None:
+        self.transports: dict[str, PlainTransport] = {}
+        #: The recipient has been sent READY: the sender may be sent it and relayed.
+        self.recipient_ready = False
+        #: The sender's thread is done with both sockets.
+        self.finished = False
+        #: "ok", "aborted" or "oversize", once finished.
+        self.outcome: str | None = None
+        #: The transfer ended elsewhere (CANCEL, a party gone, shutdown): stop.
+        self.cut = False
+
+
+class FileRelay:
+    """[FILE-15] to [FILE-20]: pairs each transfer's data connections and relays its bytes.
+
+    It has no thread of its own: each data connection's reader thread calls
+    serve() once the flusher has handed the socket over, and returns when the
+    connection is closed. The sender's thread moves the bytes; the recipient's
+    sends READY first and then waits for the end, to close its connection in
+    order (FIN, close_notify) after a complete relay or cut it (a reset)
+    after a failed one. The bytes never pass the server's lock, the room or
+    the flushers, so chat lines never wait behind them ([FILE-19]); at most
+    RELAY_WINDOW bytes of a transfer are in the server at once ([FILE-20]):
+    it reads the sender only as fast as the recipient's socket takes them.
+    Plain TCP on both sides goes through os.splice, kernel to kernel; TLS on
+    either side is decrypted and encrypted here.
+    """
+
+    def __init__(self, on_finished: Callable[[Transfer, str], None], end_timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        #: By transfer (compared by identity: a tid may be reused once it ended).
+        self._pairs: dict[Transfer, RelayPair] = {}
+        self._on_finished = on_finished
+        #: Seconds to wait for the sender's end of stream after `size` bytes.
+        self._end_timeout = end_timeout
+        self._stopping = False
+
+    def expect(self, transfer: Transfer) -> RelayPair:
+        """A data connection of `transfer` was accepted (under the server's lock): its pair."""
+        with self._lock:
+            pair = self._pairs.get(transfer)
+            if pair is None:
+                pair = self._pairs[transfer] = RelayPair()
+                pair.cut = self._stopping
+            return pair
+
+    def cut(self, transfer: Transfer) -> None:
+        """The transfer ended: wake and cut its data connections, if any ([FILE-10])."""
+        with self._lock:
+            pair = self._pairs.pop(transfer, None)
+            if pair is not None:
+                self._cut(pair)
+
+    def _cut(self, pair: RelayPair) -> None:
+        pair.cut = True
+        for transport in pair.transports.values():
+            transport.shutdown(socket.SHUT_RDWR)  # blocked reads and writes fail at once
+        self._changed.notify_all()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for pair in self._pairs.values():
+                self._cut(pair)
+            self._pairs.clear()
+
+    def serve(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
+        """Run one data connection to its end, and close it. Its reader thread."""
+        with self._lock:
+            joined = not pair.cut and relay.side not in pair.transports
+            if joined:
+                pair.transports[relay.side] = transport
+                self._changed.notify_all()
+        if not joined:
+            _reset(transport)
+        elif relay.side == RECIPIENT:
+            self._serve_recipient(relay, pair, transport)
+        else:
+            self._serve_sender(relay, pair, transport)
+
+    def _serve_recipient(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
+        with self._lock:
+            while not pair.cut and SENDER not in pair.transports:
+                self._changed.wait()
+            go = not pair.cut
+        try:
+            if go:
+                _send_all(transport, relay.ready)  # [FILE-15]: READY only once both are here
+        except OSError:
+            go = False
+        with self._lock:
+            if go:
+                pair.recipient_ready = True
+            else:
+                self._cut(pair)
+            self._changed.notify_all()
+            # The sender's thread may still be writing to this socket: wait for it.
+            while not pair.finished and not (pair.cut and SENDER not in pair.transports):
+                self._changed.wait()
+            orderly = pair.outcome == "ok"
+        if orderly:
+            _close_in_order(transport)
+        else:
+            _reset(transport)
+
+    def _serve_sender(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
+        outcome = "aborted"
+        try:
+            with self._lock:
+                while not pair.cut and not pair.recipient_ready:
+                    self._changed.wait()
+                sink = None if pair.cut else pair.transports[RECIPIENT]
+            if sink is not None:
+                _send_all(transport, relay.ready)
+                outcome = self._relay(transport, sink, relay.size)
+        except OSError:
+            outcome = "aborted"
+        finally:
+            with self._lock:
+                pair.outcome = outcome
+                pair.finished = True
+                if self._pairs.get(relay.transfer) is pair:
+                    del self._pairs[relay.transfer]
+                self._changed.notify_all()
+            if outcome == "ok":
+                transport.close_notify()  # the sender has ended its side already
+                transport.close()
+            else:
+                _reset(transport)
+        self._on_finished(relay.transfer, outcome)
+
+    def _relay(self, source: PlainTransport, sink: PlainTransport, size: int) -> str:
+        """Move `size` bytes, then expect the sender's end: "ok", "aborted" or "oversize"."""
+        if self._move(source, sink, size) < size:
+            return "aborted"
+        source.sock.settimeout(self._end_timeout)
+        try:
+            return "oversize" if source.recv(1) else "ok"
+        except OSError:
+            return "aborted"  # no end of stream in time, or a reset
+
+    def _move(self, source: PlainTransport, sink: PlainTransport, size: int) -> int:
+        """Up to `size` bytes from source to sink; how many moved before the source ended."""
+        if type(source) is PlainTransport and type(sink) is PlainTransport and hasattr(os, "splice"):
+            return _splice(source, sink, size)
+        return _copy(source, sink, size)
+
+
+def _splice(source: PlainTransport, sink: PlainTransport, size: int) -> int:
+    """Linux: move the bytes socket -> pipe -> socket in the kernel, RELAY_WINDOW at a time."""
+    pipe_out, pipe_in = os.pipe()
+    try:
+        moved = 0
+        while moved < size:
+            count = os.splice(source.sock.fileno(), pipe_in, min(RELAY_WINDOW, size - moved))
+            if not count:
+                break  # the sender's end of stream, early
+            moved += count
+            while count:
+                count -= os.splice(pipe_out, sink.sock.fileno(), count)
+        return moved
+    finally:
+        os.close(pipe_out)
+        os.close(pipe_in)
+
+
+def _copy(source: PlainTransport, sink: PlainTransport, size: int) -> int:
+    """Through user space (TLS on either side): RELAY_WINDOW of plaintext at a time."""
+    moved = 0
+    while moved < size:
+        data = source.recv(min(RELAY_WINDOW, size - moved))
+        if not data:
+            break
+        _send_all(sink, data)
+        moved += len(data)
+    return moved
+
+
+def _send_all(transport: PlainTransport, data: bytes) -> None:
+    """Send everything, waiting for the socket as needed; OSError if it breaks."""
+    view = memoryview(data)
+    poller = select.poll()  # not select(): descriptors past 1024 are common here
+    poller.register(transport.sock, select.POLLOUT)
+    while True:
+        view = view[transport.send_nowait(view):]
+        if not view and not transport.unsent():
+            return
+        poller.poll()
+
+
+def _close_in_order(transport: PlainTransport) -> None:
+    """FIN (and close_notify) after the last byte, then wait briefly for the client's close."""
+    transport.close_notify()
+    transport.shutdown(socket.SHUT_WR)
+    try:
+        transport.sock.settimeout(CLOSE_GRACE)
+        while transport.sock.recv(RELAY_WINDOW):
+            pass
+    except OSError:
+        pass
+    transport.close()
+
+
+def _reset(transport: PlainTransport) -> None:
+    """[FILE-15]: a failed relay cuts the connection with a reset, never an orderly end."""
+    try:
+        transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    transport.close()
 
 
 class ChatServer:
@@ -244,6 +488,7 @@ class ChatServer:
 
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._files = FileRelay(self._relay_finished, float(limits.file_expiry or 1))
         for outbox in self._outboxes:
             outbox.thread = threading.Thread(target=self._flush_forever, args=(outbox,),
                                              name=f"flusher-{outbox.number}")
@@ -390,12 +635,31 @@ class ChatServer:
         except Exception:
             # A bug, never the client's fault: log it, drop this client only.
             log.exception("connection %s from %s failed", session.id, connection.address)
+        if connection.relay is not None:
+            self._serve_data_connection(connection)
+            return
         with self._lock:
             self._apply(self._room.disconnect(session, "closed"))
         if not at_eof:
             self._drain(connection)
         connection.flushed.acquire()  # Wait until the flusher is done with it.
         connection.transport.close()
+
+    def _serve_data_connection(self, connection: Connection) -> None:
+        """[FILE-15]: once the flusher has sent what was queued (HELLO) and let go
+        of the socket, the relay runs this data connection to its end."""
+        connection.flushed.acquire()
+        relay = connection.relay
+        if connection.handed_over:
+            self._files.serve(relay, connection.relay_pair, connection.transport)
+            return
+        connection.transport.close()  # Cut before the handover (shutdown, a stuck HELLO).
+        self._files.cut(relay.transfer)
+        self._relay_finished(relay.transfer, "aborted")
+
+    def _relay_finished(self, transfer: Transfer, outcome: str) -> None:
+        with self._lock:
+            self._apply(self._room.relay_finished(transfer, outcome, time.monotonic()))
 
     def _drain(self, connection: Connection) -> None:
         """Read and discard until the client closes.
@@ -420,6 +684,9 @@ class ChatServer:
                     outbox.batch += action.line
                     outbox.wake()
                 continue
+            if isinstance(action, CutRelay):
+                self._files.cut(action.transfer)
+                continue
             connection = self._connections[action.session]
             outbox = connection.outbox
             if isinstance(action, Send):
@@ -433,6 +700,11 @@ class ChatServer:
             elif isinstance(action, Close) and connection.close_deadline is None:
                 grace = SHUTDOWN_GRACE if self._stopping.is_set() else CLOSE_GRACE
                 connection.close_deadline = time.monotonic() + grace
+            elif isinstance(action, Relay):
+                # [FILE-15]: the flusher hands the socket over once HELLO is out.
+                connection.relay = action
+                connection.relay_pair = self._files.expect(action.transfer)
+                connection.close_deadline = time.monotonic() + CLOSE_GRACE
             outbox.dirty.add(connection)
             outbox.wake()
 
@@ -536,6 +808,10 @@ class ChatServer:
             connection.outbox.members.discard(connection)
             connection.outbox.dirty.discard(connection)
         connection.outbuf.clear()
+        if connection.relay is not None and not cut and not self._stopping.is_set():
+            connection.handed_over = True  # [FILE-15]: the relay takes the socket over.
+            connection.flushed.release()
+            return False
         # SHUT_WR sends FIN after the lines already sent. A cut (lines left
         # unsent, or the server stopping) shuts reading too, which wakes the
         # reader thread at once.
@@ -578,6 +854,7 @@ class ChatServer:
             self._apply(self._room.shutdown())
             for transport in self._handshaking:
                 transport.shutdown(socket.SHUT_RDWR)
+        self._files.shutdown()
         # Connection threads end once the flusher has closed their sockets,
         # within SHUTDOWN_GRACE; a set that changes is copied under the lock.
         while True:
@@ -625,6 +902,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--flood-rate", "flood_rate", int, "lines per second per connection"),
         ("--flood-burst", "flood_burst", int, "lines per connection in a burst"),
         ("--outbound-max", "outbound_max", int, "bytes queued for a client before it is dropped"),
+        ("--file-max", "file_max", int, "largest file relayed, in bytes (0: no file sharing)"),
+        ("--file-per-user", "file_per_user", int, "transfers one user may have open"),
+        ("--file-per-server", "file_per_server", int, "transfers open at once in all"),
+        ("--file-expiry", "file_expiry", int, "seconds an offer waits for an answer"),
     ]
     for option, field, kind, text in limit_options:
         default = getattr(defaults, field)
@@ -650,7 +931,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
             password = file.readline().rstrip("\r\n") or None
     fields = {name: getattr(args, name) for name in (
         "max_clients", "max_per_address", "register_timeout", "ping_interval",
-        "ping_timeout", "flood_rate", "flood_burst", "outbound_max")}
+        "ping_timeout", "flood_rate", "flood_burst", "outbound_max",
+        "file_max", "file_per_user", "file_per_server", "file_expiry")}
     return Limits(password=password, **fields)
 
 

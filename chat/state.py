@@ -9,6 +9,9 @@ returns a list of actions for the server to carry out, in order:
     Send(s, b)     append line b to the output of session s only
     Unregister(s)  s leaves the room: later broadcasts no longer reach it
     Close(s)       deliver what is queued for s, then close its connection
+    Relay(s, ...)  s is a data connection now ([FILE-15]): once what is queued
+                   for it is sent, the server's relay takes its socket over
+    CutRelay(t)    cut the data connections of transfer t, if any ([FILE-10])
 
 The server applies one call's actions under one lock, which is what makes each
 command take effect at a single instant ([ORDER-1]). Time is passed in as
@@ -24,6 +27,7 @@ import itertools
 from chat import protocol
 from chat.limits import Limits
 from chat.protocol import ErrorCode, ProtocolError
+from chat.transfers import RECIPIENT, SENDER, Transfer, TransferTable
 
 
 class TokenBucket:
@@ -100,7 +104,27 @@ class Close:
     session: Session
 
 
-Action = Register | Broadcast | Send | Unregister | Close
+@dataclasses.dataclass(frozen=True)
+class Relay:
+    """[FILE-15]: `session` is the `side` data connection of `transfer`."""
+
+    session: Session
+    #: Opaque to the server: it names the transfer back in relay_finished().
+    transfer: Transfer
+    side: str
+    size: int
+    #: The READY line the relay sends once both sides are there.
+    ready: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CutRelay:
+    """[FILE-10]: the transfer ended; cut its data connections if open."""
+
+    transfer: Transfer
+
+
+Action = Register | Broadcast | Send | Unregister | Close | Relay | CutRelay
 
 
 class ChatRoom:
@@ -118,6 +142,9 @@ class ChatRoom:
         self._sessions: dict[Session, None] = {}
         self._ids = itertools.count(1)
         self._ping_tokens = itertools.count(1)
+        #: File transfers (SPEC.md section 11a), if this server relays files.
+        self._files = (TransferTable(limits.file_max, limits.file_per_user, limits.file_per_server,
+                                     limits.file_expiry) if limits.file_max else None)
 
     # -- connections --------------------------------------------------------
 
@@ -168,9 +195,11 @@ class ChatRoom:
         try:
             if isinstance(item, ProtocolError):
                 raise item
-            command = protocol.parse_command(item)
+            command = protocol.parse_command(item, files=self._files is not None)
             if command is None:
                 return []  # [FRAME-9]
+            if isinstance(command, protocol.FILE_COMMANDS):
+                return self._file_command(session, command, now)
             return self._dispatch(session, command)
         except ProtocolError as error:
             return self._fail(session, error.code, error.text)
@@ -244,10 +273,11 @@ class ChatRoom:
             return []  # [LEAVE-2]
         del self._members[protocol.name_key(session.name)]  # [NAME-4]
         line = protocol.format_leave(session.name, reason)
+        gone = self._transfers_gone(session)  # [FILE-13]: before the LEAVE
         if include_leaver:
             # [LEAVE-1]: the leaver sees its own LEAVE, as its reply.
-            return [Broadcast(line), Unregister(session)]
-        return [Unregister(session), Broadcast(line)]  # [LEAVE-3]
+            return gone + [Broadcast(line), Unregister(session)]
+        return gone + [Unregister(session), Broadcast(line)]  # [LEAVE-3]
 
     def _fail(self, session: Session, code: ErrorCode, text: str) -> list[Action]:
         """The ERR reply for `code`, and the close that [ERR-2] demands for some."""
@@ -261,7 +291,7 @@ class ChatRoom:
     def tick(self, now: float) -> list[Action]:
         """Registration timeouts and keepalive ([KEEP-2], [KEEP-3])."""
         limits = self.limits
-        actions: list[Action] = []
+        actions: list[Action] = self._expire_transfers(now)
         if not (limits.register_timeout or limits.ping_interval):
             return actions  # No timers: nothing to look at, however many sessions.
         for session in list(self._sessions):
@@ -295,6 +325,79 @@ class ChatRoom:
     def slow_consumer(self, session: Session) -> list[Action]:
         """[LIMIT-6]: `session` fell `outbound_max` bytes behind; drop it."""
         return self.disconnect(session, "slow")
+
+
+    # -- file sharing (SPEC.md section 11a) -------------------------------------------------
+
+    def _file_command(self, session: Session, command: protocol.FileCommand, now: float) -> list[Action]:
+        files = self._files
+        if isinstance(command, protocol.Data):
+            return self._data(session, command)
+        if not session.registered:
+            raise ProtocolError(ErrorCode.NOT_REGISTERED, "choose a name first: USER <name>")
+        if isinstance(command, protocol.Offer):
+            return self._offer(session, command, now)
+        key = (protocol.name_key(command.sender), command.tid)
+        if isinstance(command, protocol.Accept):
+            transfer = files.accept(session, key, now)  # [FILE-7]
+            sender, tid, tokens = transfer.sender.name, command.tid, transfer.tokens
+            return [Send(transfer.sender, protocol.format_accepted(sender, tid, tokens[SENDER])),
+                    Send(transfer.recipient, protocol.format_accepted(sender, tid, tokens[RECIPIENT]))]
+        if isinstance(command, protocol.Reject):
+            return self._transfer_ended(files.reject(session, key), actor=session)  # [FILE-9]
+        if isinstance(command, protocol.Cancel):
+            return self._transfer_ended(files.cancel(session, key), actor=session)  # [FILE-10]
+        return self._transfer_ended(files.received(session, key, command.ok), actor=session)  # [FILE-18]
+
+    def _offer(self, session: Session, command: protocol.Offer, now: float) -> list[Action]:
+        recipient = self._members.get(protocol.name_key(command.recipient))
+        if recipient is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"{command.recipient} is not online")
+        self._files.offer(session, recipient, (protocol.name_key(session.name), command.tid),
+                          command.size, command.sha256, command.filename, now)
+        line = protocol.format_offer(session.name, recipient.name, command.tid, command.size,
+                                     command.sha256, command.filename)
+        if recipient is session:
+            return [Send(session, line)]
+        return [Send(recipient, line), Send(session, line)]  # [FILE-4]: the sender's copy last, its reply
+
+    def _data(self, session: Session, command: protocol.Data) -> list[Action]:
+        if session.registered:
+            raise ProtocolError(ErrorCode.ALREADY_REGISTERED, "DATA opens a connection of its own")
+        transfer, side = self._files.attach(command.token)  # [FILE-16]: BAD_TOKEN closes
+        # [FILE-15]: no more lines on this connection, the bytes are the file's;
+        # [FILE-21]: no timers either, as a closing session has none.
+        session.closing = True
+        ready = protocol.format_ready(transfer.sender.name, transfer.key[1], transfer.size)
+        return [Relay(session, transfer, side, transfer.size, ready)]
+
+    def _transfer_ended(self, transfer: Transfer, actor: Session | None = None,
+                        skip: Session | None = None) -> list[Action]:
+        """[FILE-11]: ENDED to each party still here (the actor's last: its reply), and the cut."""
+        line = protocol.format_ended(transfer.sender.name, transfer.key[1], transfer.reason)
+        parties = [p for p in transfer.parties() if p is not actor and p is not skip]
+        if actor is not None:
+            parties.append(actor)
+        actions: list[Action] = [Send(party, line) for party in parties]
+        return actions + [CutRelay(transfer)]
+
+    def _transfers_gone(self, session: Session) -> list[Action]:
+        """[FILE-13]: the party is leaving; its transfers end `gone` for the other party."""
+        if self._files is None:
+            return []
+        return [action for transfer in self._files.party_gone(session)
+                for action in self._transfer_ended(transfer, skip=session)]
+
+    def _expire_transfers(self, now: float) -> list[Action]:
+        """[FILE-12]."""
+        if self._files is None:
+            return []
+        return [action for transfer in self._files.expire(now) for action in self._transfer_ended(transfer)]
+
+    def relay_finished(self, transfer: Transfer, outcome: str, now: float) -> list[Action]:
+        """The server's relay of `transfer` ended: "ok", "aborted" or "oversize" ([FILE-15])."""
+        ended = self._files.relay_finished(transfer, outcome, now)
+        return [] if ended is None else self._transfer_ended(ended)
 
 
 def _same_secret(given: str, expected: str) -> bool:

@@ -46,8 +46,8 @@ class PlainTransport:
     def handshake(self, timeout: float) -> None:
         """Nothing to agree on in the clear."""
 
-    def recv(self) -> bytes:
-        return self.sock.recv(RECV_SIZE)
+    def recv(self, size: int = RECV_SIZE) -> bytes:
+        return self.sock.recv(size)
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
         try:
@@ -151,17 +151,17 @@ class TLSTransport(PlainTransport):
         finally:
             self.sock.settimeout(None)
 
-    def recv(self) -> bytes:
+    def recv(self, size: int = RECV_SIZE) -> bytes:
         while True:
             with self._tls.lock:
                 try:
-                    data = self._tls.read(RECV_SIZE)
+                    data = self._tls.read(size)
                 finally:
                     # A key update's answer: the flusher sends it on its next visit.
                     self._ciphertext += self._tls.take_outgoing()
             if data is not None:
                 return data
-            ciphertext = self.sock.recv(RECV_SIZE)  # blocking, outside the lock
+            ciphertext = self.sock.recv(size)  # blocking, outside the lock
             if not ciphertext:
                 return b""
             with self._tls.lock:

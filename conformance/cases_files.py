@@ -353,7 +353,7 @@ def file_not_flood_controlled(ctx: CaseContext) -> None:
     alice, bob, carol = relay(ctx, data, "n1")
     bob.send_line(f"CANCEL {alice.name} n1")
     expect_ended(alice, bob, "n1", "cancelled", ids=("FILE-10",))
-    carol.quiet()
+    carol.quiet(ids=("FILE-14",))
 
 
 @python_case("file-token-once", covers=["FILE-16"], needs=["file-max"], quote=[
