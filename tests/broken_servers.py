@@ -522,5 +522,113 @@ def main(argv: list[str] | None = None) -> int:
     return _kit(args.name, args.kit_args)
 
 
+# -- file-sharing variants (SPEC.md section 11a) ---------------------------------------------
+# Registered here, after main(), which reads SERVERS only when it runs; the cases that catch
+# each break are in conformance/cases_files.py and the sessions named files-*.
+
+from chat import server as _server_module  # noqa: E402 - this section stands on its own
+from chat.transfers import TransferTable  # noqa: E402
+
+
+class OfferToEveryoneRoom(ChatRoom):
+    def _offer(self, session, command, now):
+        actions = super()._offer(session, command, now)
+        return [Broadcast(actions[0].line)]  # the break: every member sees the offer
+
+
+class OfferToEveryoneServer(BrokenServer):
+    """Breaks [FILE-4] and [FILE-14]: an OFFER goes to every registered client, not just
+    the two parties."""
+
+    room_class = OfferToEveryoneRoom
+    breaks = frozenset({"FILE-4", "FILE-14"})
+    consequences = frozenset({
+        "FILE-5", "FILE-6", "ERR-3",   # files-offer-checks: carol gets the OFFER (one transcript);
+                                       # file-limits: a sender gets another's OFFER (FILE-5)
+    })
+
+
+class NeverExpiresRoom(ChatRoom):
+    def _expire_transfers(self, now):
+        return []  # the break: offers wait for ever
+
+
+class NeverExpiresServer(BrokenServer):
+    """Breaks [FILE-12]: transfers never expire."""
+
+    room_class = NeverExpiresRoom
+    breaks = frozenset({"FILE-12"})
+
+
+class ReusableTokenTable(TransferTable):
+    def attach(self, token):
+        transfer, side = super().attach(token)
+        self._by_token[token] = (transfer, side)  # the break: the token works again
+        return transfer, side
+
+
+class ReusableTokenRoom(ChatRoom):
+    def __init__(self, limits):
+        super().__init__(limits)
+        self._files = ReusableTokenTable(limits.file_max, limits.file_per_user, limits.file_per_server,
+                                         limits.file_expiry)
+
+
+class ReusableTokenServer(BrokenServer):
+    """Breaks [FILE-16]: a data connection's token opens a second connection too."""
+
+    room_class = ReusableTokenRoom
+    breaks = frozenset({"FILE-16"})
+
+
+class WholeFileRelay(_server_module.FileRelay):
+    def _move(self, source, sink, size):
+        whole = bytearray()
+        while len(whole) < size:  # the break: the whole file is read before any of it is sent
+            data = source.recv(min(1 << 20, size - len(whole)))
+            if not data:
+                break
+            whole += data
+        _server_module._send_all(sink, bytes(whole))
+        return len(whole)
+
+
+class WholeFileServer(BrokenServer):
+    """Breaks [FILE-20]: the relay reads the whole file into memory before it sends any
+    of it to the recipient, so memory grows with the file."""
+
+    breaks = frozenset({"FILE-20"})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._files = WholeFileRelay(self._relay_finished, float(self.limits.file_expiry or 1))
+
+
+class OversizePassesRelay(_server_module.FileRelay):
+    def _relay(self, source, sink, size):
+        moved = _server_module._copy(source, sink, size)
+        return "ok" if moved == size else "aborted"  # the break: bytes past `size` go unnoticed
+
+
+class OversizePassesServer(BrokenServer):
+    """Breaks [FILE-15]: a sender that sends more than it offered is not caught; the
+    recipient's connection ends in order after `size` bytes as if all were well."""
+
+    breaks = frozenset({"FILE-15"})
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._files = OversizePassesRelay(self._relay_finished, float(self.limits.file_expiry or 1))
+
+
+SERVERS.update({
+    "files-offer-to-everyone": OfferToEveryoneServer,
+    "files-never-expire": NeverExpiresServer,
+    "files-reusable-token": ReusableTokenServer,
+    "files-whole-file": WholeFileServer,
+    "files-oversize-passes": OversizePassesServer,
+})
+
+
 if __name__ == "__main__":
     sys.exit(main())
