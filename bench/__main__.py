@@ -111,6 +111,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
         # short run (with the server's default it takes many seconds).
         settings.slow_outbound_max = 16384
         settings.floor_passes = 20
+        settings.file_size = 8 * 1000 * 1000
+        settings.file_latency_case = (20, 200.0)
         settings.setup_timeout_s = 30.0
         settings.drain_timeout_s = 30.0
     if args.server:

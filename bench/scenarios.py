@@ -89,6 +89,11 @@ class Settings:
     slow_max_extra_s: float = 30.0  # keep going this long for the stalled client to be dropped
     stalled_receive_buffer: int = 4096
     slow_outbound_max: int | None = None  # None: the server's default
+    # file (bench/files.py): one file's size, the latency room beside the
+    # transfers, and how many transfers run at once meanwhile
+    file_size: int = 200 * 1000 * 1000
+    file_latency_case: tuple[int, float] = (100, 600.0)
+    file_transfers: int = 2
     # send floor: timed passes per case (60 a second)
     floor_passes: int = 120
     # deadlines for the non-measured phases
@@ -781,10 +786,17 @@ def scenario_connections(settings: Settings) -> list[Case]:
     return run_with_server(settings, max(steps) + 16, body)
 
 
+def scenario_file(settings: Settings) -> list[Case]:
+    from bench.files import scenario_file as run  # bench/files.py imports this module
+
+    return run(settings)
+
+
 SCENARIOS: dict[str, Callable[[Settings], list[Case]]] = {
     "fan-out": scenario_fanout,
     "latency": scenario_latency,
     "connections": scenario_connections,
     "slow-consumer": scenario_slow_consumer,
     "send-floor": scenario_send_floor,  # no server: the machine's own limit (bench/floor.py)
+    "file": scenario_file,  # file sharing (bench/files.py)
 }

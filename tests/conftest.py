@@ -164,7 +164,7 @@ def no_threads_left_behind():
 #: per broken server; the benchmark's smoke run starts servers and load
 #: generators). tox runs them once, in its `once` environment, instead of once
 #: per interpreter; a plain `pytest` runs them with the rest.
-ONCE_MODULES = frozenset({"test_kit_can_fail.py", "test_bench.py"})
+ONCE_MODULES = frozenset({"test_kit_can_fail.py", "test_bench.py", "test_files_big.py"})
 
 
 def pytest_configure(config):

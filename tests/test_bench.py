@@ -247,7 +247,7 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing(tmp_path):
     assert bench.returncode == 0, output
     results = json.loads(results_file.read_text())
     scenarios = results["scenarios"]
-    assert set(scenarios) == {"fan-out", "latency", "connections", "slow-consumer", "send-floor"}
+    assert set(scenarios) == {"fan-out", "latency", "connections", "slow-consumer", "send-floor", "file"}
     for name, data in scenarios.items():
         assert data["errors"] == [], (name, data["errors"])
         assert data["cases"], f"{name} produced no figures"
@@ -272,6 +272,9 @@ def test_quick_benchmark_runs_every_scenario_and_loses_nothing(tmp_path):
     for run in _runs(scenarios, "slow-consumer"):
         assert run["others_lost"] == 0
         assert run["base_p99_ms"] is not None and run["stall_p99_ms"] is not None
+
+    for run in _runs(scenarios, "file"):
+        assert run.get("ratio", 1) > 0 and run.get("file_mb_moved", 1) > 0
 
 
 def _runs(scenarios, name):
