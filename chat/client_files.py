@@ -24,6 +24,8 @@ import re
 import socket
 import ssl
 import tempfile
+import threading
+import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -400,13 +402,22 @@ class DataConnectionError(Exception):
 def open_data_connection(address: tuple[str, int], token: str, *, tls: ssl.SSLContext | None = None,
                          server_hostname: str | None = None, timeout: float = DATA_TIMEOUT) -> tuple[
                              socket.socket, bytes]:
-    """Connect, read HELLO, send `DATA <token>`, wait for READY ([FILE-15]).
-
-    Returns the socket (blocking) and any file bytes that came with READY."""
+    """Connect (inside TLS if `tls`), then present_token()."""
     sock = socket.create_connection(address, timeout=timeout)
     try:
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=server_hostname or address[0])
+    except BaseException:
+        sock.close()
+        raise
+    return present_token(sock, token)
+
+
+def present_token(sock: socket.socket, token: str) -> tuple[socket.socket, bytes]:
+    """On a new connection: read HELLO, send `DATA <token>`, wait for READY ([FILE-15]).
+
+    Returns the socket and any file bytes that came with READY; closes it on failure."""
+    try:
         sock.sendall(f"DATA {token}\n".encode())
         buffer = b""
         lines = 0
@@ -477,3 +488,324 @@ def receive_file(sock: socket.socket, first: bytes, incoming: IncomingFile, size
         sock.close()
     return orderly and incoming.size == size
 
+
+
+# -- one front end's file sharing: commands, notices, data threads ----------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Hashed:
+    """Posted by the hashing thread of /send."""
+
+    recipient: str
+    path: Path
+    size: int
+    sha256: str
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataProgress:
+    """Posted by a data thread: `done` bytes moved so far."""
+
+    key: tuple[str, str]
+    done: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFinished:
+    """Posted by a data thread at its end. For the recipient, `complete` says whether
+    the server ended the connection in order after exactly `size` bytes."""
+
+    key: tuple[str, str]
+    complete: bool
+    error: str | None = None
+
+
+PostedEvent = Hashed | DataProgress | DataFinished
+
+
+@dataclasses.dataclass
+class Reply:
+    """What a FileSession call asks of its front end: lines to send on the chat
+    connection (through the client core, so that their replies are accounted
+    for), and notices to show."""
+
+    lines: list[str] = dataclasses.field(default_factory=list)
+    notices: list[str] = dataclasses.field(default_factory=list)
+
+    def __iadd__(self, other: Reply) -> Reply:
+        self.lines += other.lines
+        self.notices += other.notices
+        return self
+
+
+USAGE = """\
+/send NAME PATH       offer a file to NAME
+/accept [ID] [PATH]   accept an offer (into the downloads folder, or PATH)
+/reject [ID]          decline an offer
+/cancel [ID]          stop a transfer, yours or theirs, at any point
+/transfers            list the transfers, with progress"""
+
+
+def _key(transfer: Transfer) -> tuple[str, str]:
+    return (protocol.name_key(transfer.sender), transfer.tid)
+
+
+class FileSession:
+    """File sharing for one front end (the CLI, the GUI): the commands of SPEC.md 11a's
+    client, the notices to show, and a thread per data connection and per hash.
+
+    Call it from the front end's main thread only. Threads hand their results back
+    through `post(event)`, which the front end must make thread-safe (a queue and a
+    wake-up); it then calls `posted(event)` from its main thread. `opener()` returns
+    a new connected socket to the server, inside TLS when the chat is ([FILE-15]).
+    `me` and `file_max` come from the client core (our name; HELLO's file-max).
+    """
+
+    COMMANDS = ("/send", "/accept", "/reject", "/cancel", "/transfers")
+    #: Seconds between two progress notices of one transfer.
+    PROGRESS_EVERY = 2.0
+
+    def __init__(self, opener: Callable[[], socket.socket], post: Callable[[PostedEvent], None],
+                 downloads: Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.opener = opener
+        self.post = post
+        self.downloads = downloads or default_downloads()
+        self.clock = clock
+        self.book = FileTransfers()
+        self.file_max = 0
+        self._incoming: dict[tuple[str, str], IncomingFile] = {}
+        self._progress: dict[tuple[str, str], Progress] = {}
+        self._shown_at: dict[tuple[str, str], float] = {}
+        self._sockets: dict[tuple[str, str], socket.socket] = {}
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def me(self) -> str:
+        return self.book.me
+
+    @me.setter
+    def me(self, name: str) -> None:
+        self.book.me = name
+
+    def handles(self, text: str) -> bool:
+        return text.split(" ", 1)[0].lower() in self.COMMANDS
+
+    # -- the user's commands ----------------------------------------------------------------
+
+    def command(self, text: str) -> Reply:
+        word, _, rest = text.strip().partition(" ")
+        word, rest = word.lower(), rest.strip()
+        if word == "/transfers":
+            return self._list()
+        if not self.file_max:
+            return Reply(notices=["this server does not relay files (its HELLO has no file-max)"])  # [FILE-3]
+        try:
+            if word == "/send":
+                return self._send(rest)
+            if word == "/accept":
+                return self._accept(rest)
+            ref = rest or None
+            if word == "/reject":
+                return Reply([self.book.reject(self.book.find(ref, incoming=True, state="offered"))])
+            return Reply([self.book.cancel(self.book.find(ref))])
+        except LookupError as error:
+            return Reply(notices=[str(error)])
+
+    def _send(self, rest: str) -> Reply:
+        recipient, _, path_text = rest.partition(" ")
+        if not recipient or not path_text:
+            return Reply(notices=["usage: /send NAME PATH"])
+        path = Path(path_text).expanduser()
+        if not path.is_file():
+            return Reply(notices=[f"no such file: {path}"])
+        size = path.stat().st_size
+        if size > self.file_max:
+            return Reply(notices=[f"{path.name} is {format_size(size)}; this server relays at most "
+                                  f"{format_size(self.file_max)}"])
+        self._start(self._hash, recipient, path)
+        return Reply(notices=[f"* checking {path.name} ({format_size(size)}) before offering it "
+                              f"to {recipient}"])
+
+    def _hash(self, recipient: str, path: Path) -> None:
+        try:
+            size, digest = hash_file(path)
+            self.post(Hashed(recipient, path, size, digest))
+        except OSError as error:
+            self.post(Hashed(recipient, path, 0, "", error=str(error.strerror or error)))
+
+    def _accept(self, rest: str) -> Reply:
+        first, _, second = rest.partition(" ")
+        try:
+            transfer = self.book.find(first or None, incoming=True, state="offered")
+            path_text = second
+        except LookupError:
+            if not first:
+                raise
+            transfer = self.book.find(None, incoming=True, state="offered")  # the only one
+            path_text = rest
+        if path_text:
+            target = Path(path_text).expanduser()
+            if target.is_dir():
+                target = free_path(target, transfer.shown_name)
+            elif os.path.lexists(target):
+                return Reply(notices=[f"{target} exists and is never replaced: give another name"])
+            elif not target.parent.is_dir():
+                return Reply(notices=[f"no such folder: {target.parent}"])
+        else:
+            target = free_path(self.downloads, transfer.shown_name)
+        return Reply([self.book.accept(transfer, target)],
+                     [f"* accepted {transfer.shown_name}; it will be saved as {target}"])
+
+    def _list(self) -> Reply:
+        transfers = list(self.book)
+        if not transfers:
+            return Reply(notices=["no transfers"])
+        notices = []
+        for transfer in transfers:
+            notice = describe(transfer)
+            progress = self._progress.get(_key(transfer))
+            if progress is not None:
+                notice += "  " + progress.bar()
+            notices.append(notice)
+        return Reply(notices=notices)
+
+    # -- the server's lines -------------------------------------------------------------------
+
+    def server_line(self, line: str) -> Reply | None:
+        """A server line; None if it is not about file sharing."""
+        events = self.book.server_line(line)
+        if events is None:
+            return None
+        reply = Reply()
+        for event in events:
+            transfer = event.transfer
+            if isinstance(event, OfferReceived):
+                reply.notices.append(
+                    f"* {transfer.sender} offers you {transfer.shown_name} ({format_size(transfer.size)}): "
+                    f"/accept {transfer.ref} [PATH] or /reject {transfer.ref}")
+            elif isinstance(event, OfferSent):
+                reply.notices.append(f"* offered {transfer.shown_name} to {transfer.recipient}; waiting for "
+                                     f"an answer (/cancel {transfer.ref})")
+            elif isinstance(event, StartData):
+                reply += self._start_data(transfer)
+            else:
+                reply += self._ended(transfer, event.reason)
+        return reply
+
+    def _start_data(self, transfer: Transfer) -> Reply:
+        key = _key(transfer)
+        self._progress[key] = Progress(transfer.size, self.clock())
+        if transfer.outgoing:
+            self._start(self._run_sender, transfer)
+            return Reply(notices=[f"* {transfer.recipient} accepted {transfer.shown_name}: sending"])
+        try:
+            self._incoming[key] = IncomingFile(transfer.path)
+        except OSError as error:
+            return Reply([self.book.cancel(transfer)], [f"cannot write to {transfer.path.parent}: {error}"])
+        self._start(self._run_recipient, transfer, self._incoming[key])
+        return Reply(notices=[f"* receiving {transfer.shown_name}"])
+
+    def _ended(self, transfer: Transfer, reason: str) -> Reply:
+        key = _key(transfer)
+        self._cut(key)
+        self._progress.pop(key, None)
+        self._shown_at.pop(key, None)
+        incoming = self._incoming.pop(key, None)
+        meaning = END_REASONS.get(reason, reason)
+        if incoming is not None and reason == "done":
+            try:
+                return Reply(notices=[f"* {transfer.shown_name}: {meaning}; saved as {incoming.commit()}"])
+            except OSError as error:
+                return Reply(notices=[f"* {transfer.shown_name}: {meaning}, but {incoming.final} could "
+                                      f"not be made ({error}); it is in {incoming.temporary}"])
+        if incoming is not None:
+            incoming.discard()  # [FILE-17]: nothing partial or corrupt stays
+        return Reply(notices=[f"* {transfer.shown_name} ({transfer.ref}): {meaning}"])
+
+    # -- what the threads posted ---------------------------------------------------------------
+
+    def posted(self, event: PostedEvent) -> Reply:
+        """An event a thread posted, handled in the front end's main thread."""
+        if isinstance(event, Hashed):
+            if event.error:
+                return Reply(notices=[f"cannot read {event.path}: {event.error}"])
+            return Reply([self.book.offer(event.recipient, event.path, event.size, event.sha256)])
+        transfer = next((t for t in self.book if _key(t) == event.key), None)
+        if transfer is None:
+            return Reply()  # ended meanwhile
+        if isinstance(event, DataProgress):
+            transfer.done = event.done
+            transfer.state = "relaying"
+            progress = self._progress[event.key]
+            now = self.clock()
+            progress.update(event.done, now)
+            if now - self._shown_at.get(event.key, -1e9) < self.PROGRESS_EVERY:
+                return Reply()
+            self._shown_at[event.key] = now
+            return Reply(notices=[f"  {transfer.ref} {transfer.shown_name} {progress.bar()}"])
+        if event.error:
+            return Reply(notices=[f"* {transfer.shown_name}: data connection failed: {event.error}"])
+        if transfer.outgoing:
+            return Reply(notices=[f"* {transfer.shown_name} sent; waiting for {transfer.recipient}'s check"])
+        incoming = self._incoming.get(event.key)
+        ok = event.complete and incoming is not None and incoming.matches(transfer.size, transfer.sha256)
+        notice = "size and SHA-256 match" if ok else "it did not arrive whole and unchanged"
+        return Reply([self.book.verdict(transfer, ok)], [f"* {transfer.shown_name}: {notice}"])  # [FILE-17]
+
+    # -- threads --------------------------------------------------------------------------------
+
+    def _start(self, target, *args) -> None:
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        thread = threading.Thread(target=target, args=args, daemon=True, name="chat-file")
+        self._threads.append(thread)
+        thread.start()
+
+    def _connect(self, transfer: Transfer) -> tuple[socket.socket, bytes]:
+        sock = self.opener()
+        self._sockets[_key(transfer)] = sock
+        return present_token(sock, transfer.token)
+
+    def _run_sender(self, transfer: Transfer) -> None:
+        key = _key(transfer)
+        try:
+            sock, _ = self._connect(transfer)
+            send_file(sock, transfer.path, transfer.size, lambda done: self.post(DataProgress(key, done)))
+        except (OSError, DataConnectionError) as error:
+            self.post(DataFinished(key, False, str(error)))
+            return
+        self.post(DataFinished(key, True))
+
+    def _run_recipient(self, transfer: Transfer, incoming: IncomingFile) -> None:
+        key = _key(transfer)
+        try:
+            sock, first = self._connect(transfer)
+            complete = receive_file(sock, first, incoming, transfer.size,
+                                    lambda done: self.post(DataProgress(key, done)))
+        except (OSError, DataConnectionError) as error:
+            incoming.close()
+            self.post(DataFinished(key, False, str(error)))
+            return
+        self.post(DataFinished(key, complete))
+
+    def _cut(self, key: tuple[str, str]) -> None:
+        sock = self._sockets.pop(key, None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # its thread ends at once
+            except OSError:
+                pass
+
+    def connection_lost(self) -> Reply:
+        """The chat connection is gone: so are its transfers ([FILE-13])."""
+        reply = Reply()
+        for event in self.book.forget_all("gone"):
+            reply += self._ended(event.transfer, "gone")
+        return reply
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Cut every data connection, wait for the threads, remove partial files."""
+        self.connection_lost()
+        for thread in self._threads:
+            thread.join(timeout)
