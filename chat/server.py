@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fcntl
 import logging
 import os
 import select
@@ -114,6 +115,8 @@ GIL_SWITCH_INTERVAL = 0.2
 #: transfer is this (plus TLS_UNSENT_MAX of ciphertext inside TLS), however
 #: large the file (README, Sharing files, has the figures).
 RELAY_WINDOW = 64 * 1024
+#: fcntl's F_SETPIPE_SZ (Linux), which Python 3.10 does not name.
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
 #: HELLO, so a tenth of a second is precise enough and costs nothing.
 WATCHDOG_PERIOD = 0.1
@@ -231,8 +234,13 @@ class Connection:
         return b"".join(parts)
 
 
+class RelayCut(Exception):
+    """The transfer ended elsewhere (CANCEL, a party gone, expiry, shutdown): stop relaying."""
+
+
 class RelayPair:
-    """The two data connections of one transfer, as they arrive. Guarded by FileRelay's lock."""
+    """The two data connections of one transfer, as they arrive. Guarded by FileRelay's lock,
+    except the wake-up pipe, which any thread may write to."""
 
     def __init__(self) -> None:
         self.transports: dict[str, PlainTransport] = {}
@@ -242,8 +250,31 @@ class RelayPair:
         self.finished = False
         #: "ok", "aborted" or "oversize", once finished.
         self.outcome: str | None = None
-        #: The transfer ended elsewhere (CANCEL, a party gone, shutdown): stop.
+        #: The transfer ended elsewhere: stop.
         self.cut = False
+        #: Threads in serve() with this pair; the last one out closes the pipe.
+        self.active = 0
+        self.closed = False
+        #: A byte here wakes the sender's thread from its poll() when the pair is cut:
+        #: the relay never blocks in a socket call, so nothing needs shutting down (a
+        #: shutdown would send the recipient a FIN, which could pass for a complete file).
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
+
+    def wake(self) -> None:
+        """Under FileRelay's lock, which close() is called under too."""
+        if not self.closed:
+            try:
+                os.write(self.wake_write, b"!")
+            except BlockingIOError:
+                pass  # a byte is waiting already
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.wake_read)
+            os.close(self.wake_write)
 
 
 class FileRelay:
@@ -259,7 +290,8 @@ class FileRelay:
     RELAY_WINDOW bytes of a transfer are in the server at once ([FILE-20]):
     it reads the sender only as fast as the recipient's socket takes them.
     Plain TCP on both sides goes through os.splice, kernel to kernel; TLS on
-    either side is decrypted and encrypted here.
+    either side is decrypted and encrypted here. The sockets are non-blocking
+    once relaying, and every wait is a poll() that a cut wakes.
     """
 
     def __init__(self, on_finished: Callable[[Transfer, str], None], end_timeout: float) -> None:
@@ -282,38 +314,58 @@ class FileRelay:
             return pair
 
     def cut(self, transfer: Transfer) -> None:
-        """The transfer ended: wake and cut its data connections, if any ([FILE-10])."""
+        """The transfer ended: stop its relay, if any ([FILE-10])."""
         with self._lock:
-            pair = self._pairs.pop(transfer, None)
+            pair = self._pairs.get(transfer)
             if pair is not None:
                 self._cut(pair)
+                self._release(transfer, pair)
 
     def _cut(self, pair: RelayPair) -> None:
         pair.cut = True
-        for transport in pair.transports.values():
-            transport.shutdown(socket.SHUT_RDWR)  # blocked reads and writes fail at once
+        pair.wake()
         self._changed.notify_all()
 
     def shutdown(self) -> None:
         with self._lock:
             self._stopping = True
-            for pair in self._pairs.values():
+            for transfer, pair in list(self._pairs.items()):
                 self._cut(pair)
-            self._pairs.clear()
+                self._release(transfer, pair)
+
+    def _release(self, transfer: Transfer, pair: RelayPair) -> None:
+        """Under the lock: once no thread uses the pair and it is over, forget it."""
+        if pair.active == 0 and (pair.cut or pair.finished):
+            if self._pairs.get(transfer) is pair:
+                del self._pairs[transfer]
+            pair.close()
 
     def serve(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
         """Run one data connection to its end, and close it. Its reader thread."""
+        try:
+            transport.sock.setblocking(False)
+            # SEND_BUFFER suits chat lines; the relay's writes want its window.
+            transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RELAY_WINDOW)
+        except OSError:
+            pass  # gone already: the first poll or send says so
         with self._lock:
             joined = not pair.cut and relay.side not in pair.transports
             if joined:
                 pair.transports[relay.side] = transport
+                pair.active += 1
                 self._changed.notify_all()
         if not joined:
             _reset(transport)
-        elif relay.side == RECIPIENT:
-            self._serve_recipient(relay, pair, transport)
-        else:
-            self._serve_sender(relay, pair, transport)
+            return
+        try:
+            if relay.side == RECIPIENT:
+                self._serve_recipient(relay, pair, transport)
+            else:
+                self._serve_sender(relay, pair, transport)
+        finally:
+            with self._lock:
+                pair.active -= 1
+                self._release(relay.transfer, pair)
 
     def _serve_recipient(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
         with self._lock:
@@ -322,8 +374,8 @@ class FileRelay:
             go = not pair.cut
         try:
             if go:
-                _send_all(transport, relay.ready)  # [FILE-15]: READY only once both are here
-        except OSError:
+                _send_all(transport, relay.ready, pair)  # [FILE-15]: READY only once both are here
+        except (OSError, RelayCut):
             go = False
         with self._lock:
             if go:
@@ -348,81 +400,108 @@ class FileRelay:
                     self._changed.wait()
                 sink = None if pair.cut else pair.transports[RECIPIENT]
             if sink is not None:
-                _send_all(transport, relay.ready)
-                outcome = self._relay(transport, sink, relay.size)
-        except OSError:
+                _send_all(transport, relay.ready, pair)
+                outcome = self._relay(transport, sink, relay.size, pair)
+        except (OSError, RelayCut):
             outcome = "aborted"
         finally:
+            # The room first: the recipient may send RECEIVED as soon as its
+            # connection ends in order, and the transfer must be RELAYED by then.
+            self._on_finished(relay.transfer, outcome)
             with self._lock:
                 pair.outcome = outcome
                 pair.finished = True
-                if self._pairs.get(relay.transfer) is pair:
-                    del self._pairs[relay.transfer]
                 self._changed.notify_all()
             if outcome == "ok":
                 transport.close_notify()  # the sender has ended its side already
                 transport.close()
             else:
                 _reset(transport)
-        self._on_finished(relay.transfer, outcome)
 
-    def _relay(self, source: PlainTransport, sink: PlainTransport, size: int) -> str:
+    def _relay(self, source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> str:
         """Move `size` bytes, then expect the sender's end: "ok", "aborted" or "oversize"."""
-        if self._move(source, sink, size) < size:
+        if self._move(source, sink, size, pair) < size:
             return "aborted"
-        source.sock.settimeout(self._end_timeout)
-        try:
-            return "oversize" if source.recv(1) else "ok"
-        except OSError:
-            return "aborted"  # no end of stream in time, or a reset
+        deadline = time.monotonic() + self._end_timeout
+        while True:
+            try:
+                return "oversize" if source.recv(1) else "ok"
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "aborted"  # no end of stream in time
+                _wait(source, select.POLLIN, pair, remaining)
 
-    def _move(self, source: PlainTransport, sink: PlainTransport, size: int) -> int:
+    def _move(self, source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
         """Up to `size` bytes from source to sink; how many moved before the source ended."""
         if type(source) is PlainTransport and type(sink) is PlainTransport and hasattr(os, "splice"):
-            return _splice(source, sink, size)
-        return _copy(source, sink, size)
+            return _splice(source, sink, size, pair)
+        return _copy(source, sink, size, pair)
 
 
-def _splice(source: PlainTransport, sink: PlainTransport, size: int) -> int:
+def _wait(transport: PlainTransport, events: int, pair: RelayPair, timeout: float | None = None) -> None:
+    """Until the socket is ready for `events`; RelayCut if the pair is cut meanwhile."""
+    poller = select.poll()  # not select(): descriptors past 1024 are common here
+    poller.register(transport.sock, events)
+    poller.register(pair.wake_read, select.POLLIN)
+    ready = poller.poll(None if timeout is None else timeout * 1000)
+    if pair.cut or any(fd == pair.wake_read for fd, _ in ready):
+        raise RelayCut()
+
+
+def _splice(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
     """Linux: move the bytes socket -> pipe -> socket in the kernel, RELAY_WINDOW at a time."""
     pipe_out, pipe_in = os.pipe()
     try:
+        try:
+            fcntl.fcntl(pipe_in, F_SETPIPE_SZ, RELAY_WINDOW)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: the pipe keeps its 64 KiB
         moved = 0
         while moved < size:
-            count = os.splice(source.sock.fileno(), pipe_in, min(RELAY_WINDOW, size - moved))
+            try:
+                count = os.splice(source.sock.fileno(), pipe_in, min(RELAY_WINDOW, size - moved))
+            except BlockingIOError:
+                _wait(source, select.POLLIN, pair)
+                continue
             if not count:
                 break  # the sender's end of stream, early
             moved += count
             while count:
-                count -= os.splice(pipe_out, sink.sock.fileno(), count)
+                try:
+                    count -= os.splice(pipe_out, sink.sock.fileno(), count)
+                except BlockingIOError:
+                    _wait(sink, select.POLLOUT, pair)
         return moved
     finally:
         os.close(pipe_out)
         os.close(pipe_in)
 
 
-def _copy(source: PlainTransport, sink: PlainTransport, size: int) -> int:
+def _copy(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
     """Through user space (TLS on either side): RELAY_WINDOW of plaintext at a time."""
     moved = 0
     while moved < size:
-        data = source.recv(min(RELAY_WINDOW, size - moved))
+        try:
+            data = source.recv(min(RELAY_WINDOW, size - moved))
+        except BlockingIOError:
+            _wait(source, select.POLLIN, pair)
+            continue
         if not data:
             break
-        _send_all(sink, data)
+        _send_all(sink, data, pair)
         moved += len(data)
     return moved
 
 
-def _send_all(transport: PlainTransport, data: bytes) -> None:
+def _send_all(transport: PlainTransport, data: bytes, pair: RelayPair) -> None:
     """Send everything, waiting for the socket as needed; OSError if it breaks."""
     view = memoryview(data)
-    poller = select.poll()  # not select(): descriptors past 1024 are common here
-    poller.register(transport.sock, select.POLLOUT)
     while True:
         view = view[transport.send_nowait(view):]
         if not view and not transport.unsent():
             return
-        poller.poll()
+        _wait(transport, select.POLLOUT, pair)
 
 
 def _close_in_order(transport: PlainTransport) -> None:
@@ -430,6 +509,7 @@ def _close_in_order(transport: PlainTransport) -> None:
     transport.close_notify()
     transport.shutdown(socket.SHUT_WR)
     try:
+        transport.sock.setblocking(True)
         transport.sock.settimeout(CLOSE_GRACE)
         while transport.sock.recv(RELAY_WINDOW):
             pass
