@@ -49,13 +49,19 @@ def _payload_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
-def _send_payload(sock: socket.socket, size: int) -> None:
+def _send_payload(sock: socket.socket, size: int, pace: float = 0.0) -> None:
+    """`size` bytes; with `pace` (bytes a second), no faster than that, like a real link."""
     view = memoryview(_BLOCK)
     sent = 0
+    started = time.monotonic()
     while sent < size:
         count = min(CHUNK, size - sent)
         sock.sendall(view[:count])
         sent += count
+        if pace:
+            ahead = started + sent / pace - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)  # pacing our own sending, not waiting for the server
 
 
 def _receive_all(sock: socket.socket) -> int:
@@ -138,7 +144,7 @@ def relay_once(address: tuple[str, int], size: int, sha256: str, tid: str = "1",
 
 
 def relay_between(address: tuple[str, int], alice: _Chat, bob: _Chat, size: int, sha256: str, tid: str,
-                  sample: callable | None = None) -> float:
+                  sample: callable | None = None, pace: float = 0.0) -> float:
     """relay_once() between two registered clients."""
     alice.send(f"OFFER {bob.name} {tid} {size} {sha256} bench.bin")
     alice.expect("OFFER ")
@@ -156,7 +162,7 @@ def relay_between(address: tuple[str, int], alice: _Chat, bob: _Chat, size: int,
     sampler.start()
     reader = threading.Thread(target=lambda: received.update(total=_receive_all(received["sock"])))
     reader.start()
-    _send_payload(sending, size)
+    _send_payload(sending, size, pace)
     sending.shutdown(socket.SHUT_WR)
     reader.join(STEP_TIMEOUT * 5)
     elapsed = time.perf_counter() - started
@@ -234,10 +240,10 @@ def throughput_run(server: Server, size: int) -> dict:
 
 
 def scenario_file(settings) -> list[tuple[str, dict]]:
-    """One run: throughput and RSS (one transfer), then chat latency without and with
-    `settings.file_transfers` transfers running, all on one fresh server."""
+    """One run: throughput and RSS (one transfer), then chat latency without transfers
+    and with `settings.file_transfers` running, once as fast as they go and once at
+    each pace of `settings.file_paces` (bytes a second per transfer), all on one server."""
     from bench.scenarios import Room, close_room_after, fixed_rate_run, run_with_server
-    from bench.stats import latency_summary
 
     clients, rate = settings.file_latency_case
     senders = min(settings.latency_senders, clients)
@@ -248,31 +254,8 @@ def scenario_file(settings) -> list[tuple[str, dict]]:
         try:
             room = Room(settings, server, clients)
             base = fixed_rate_run(settings, server, room, rate, senders, settings.latency_seconds)
-            loops = start_transfer_loops(server.address, settings.file_size, settings.file_transfers,
-                                         settings.latency_seconds)
-            try:
-                busy = fixed_rate_run(settings, server, room, rate, senders, settings.latency_seconds)
-                moved = int(loops.stdout.readline().strip() or 0)
-            finally:
-                loops.communicate(timeout=STEP_TIMEOUT)  # closes its stdin: its clients leave
-            base_lat, busy_lat = latency_summary(base.latencies_ns), latency_summary(busy.latencies_ns)
-            cases.append((f"{clients} clients @ {rate:g}/s, {settings.file_transfers} transfers", {
-                "base_p99_ms": base_lat["p99_ms"],
-                "transfers_p99_ms": busy_lat["p99_ms"],
-                "p99_ratio": busy_lat["p99_ms"] / base_lat["p99_ms"] if base_lat["count"] else float("nan"),
-                "base_p50_ms": base_lat["p50_ms"],
-                "transfers_p50_ms": busy_lat["p50_ms"],
-                # The generator's own lateness in sending, part of the latencies above: the
-                # transfer process shares its CPU, so this tells generator from server.
-                "base_send_lag_p99_ms": latency_summary(base.send_lag_ns)["p99_ms"],
-                "transfers_send_lag_p99_ms": latency_summary(busy.send_lag_ns)["p99_ms"],
-                "file_mb_moved": moved / 1e6,
-                "base_rss_max_kb": base.rss_max_kb if base.rss_max_kb is not None else float("nan"),
-                "transfers_rss_max_kb": busy.rss_max_kb if busy.rss_max_kb is not None else float("nan"),
-                "lost": base.others_lost + busy.others_lost,
-                "extra": base.others_extra + busy.others_extra,
-                **busy.cpu,
-            }))
+            for pace in (0.0, *settings.file_paces):
+                cases.append(latency_case(settings, server, room, base, clients, rate, senders, pace))
             return cases
         finally:
             close_room_after(server, room)
@@ -280,16 +263,52 @@ def scenario_file(settings) -> list[tuple[str, dict]]:
     return run_with_server(settings, clients + 64, body)
 
 
+def latency_case(settings, server: Server, room, base, clients: int, rate: float, senders: int,
+                 pace: float) -> tuple[str, dict]:
+    """The room's latency while the transfers run at `pace` (0: as fast as they go), against `base`."""
+    from bench.scenarios import fixed_rate_run
+    from bench.stats import latency_summary
+
+    loops = start_transfer_loops(server.address, settings.file_size, settings.file_transfers,
+                                 settings.latency_seconds, pace)
+    try:
+        busy = fixed_rate_run(settings, server, room, rate, senders, settings.latency_seconds)
+        moved = int(loops.stdout.readline().strip() or 0)
+    finally:
+        loops.communicate(timeout=STEP_TIMEOUT)  # closes its stdin: its clients leave
+    # Their LEAVEs reach the room now, not during the next run (where they would count as extra).
+    room.barrier(room.clients, "transfers-gone", settings.drain_timeout_s)
+    base_lat, busy_lat = latency_summary(base.latencies_ns), latency_summary(busy.latencies_ns)
+    speed = f"at {pace / 1e6:g} MB/s each" if pace else "as fast as they go"
+    return (f"{clients} clients @ {rate:g}/s, {settings.file_transfers} transfers {speed}", {
+        "base_p99_ms": base_lat["p99_ms"],
+        "transfers_p99_ms": busy_lat["p99_ms"],
+        "p99_ratio": busy_lat["p99_ms"] / base_lat["p99_ms"] if base_lat["count"] else float("nan"),
+        "base_p50_ms": base_lat["p50_ms"],
+        "transfers_p50_ms": busy_lat["p50_ms"],
+        # The generator's own lateness in sending, part of the latencies above: the
+        # transfer process shares its CPU, so this tells generator from server.
+        "base_send_lag_p99_ms": latency_summary(base.send_lag_ns)["p99_ms"],
+        "transfers_send_lag_p99_ms": latency_summary(busy.send_lag_ns)["p99_ms"],
+        "file_mb_moved": moved / 1e6,
+        "base_rss_max_kb": base.rss_max_kb if base.rss_max_kb is not None else float("nan"),
+        "transfers_rss_max_kb": busy.rss_max_kb if busy.rss_max_kb is not None else float("nan"),
+        "lost": base.others_lost + busy.others_lost,
+        "extra": base.others_extra + busy.others_extra,
+        **busy.cpu,
+    })
+
+
 # -- transfers in a process of their own, for the latency comparison ---------------------------
 
 
 def start_transfer_loops(address: tuple[str, int], size: int, parallel: int,
-                         seconds: float) -> subprocess.Popen:
-    """`python -m bench.files loop HOST PORT SIZE PARALLEL SECONDS`; it prints READY when
-    the first transfers are relaying, then the bytes moved when done."""
+                         seconds: float, pace: float) -> subprocess.Popen:
+    """`python -m bench.files loop HOST PORT SIZE PARALLEL SECONDS PACE`; it prints READY
+    once its clients are registered, then the bytes moved when done."""
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.files", "loop", address[0], str(address[1]), str(size), str(parallel),
-         str(seconds)], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+         str(seconds), str(pace)], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     first = process.stdout.readline()
     if first.strip() != "READY":
         process.kill()
@@ -297,10 +316,13 @@ def start_transfer_loops(address: tuple[str, int], size: int, parallel: int,
     return process
 
 
-def _loop_main(host: str, port: str, size: str, parallel: str, seconds: str) -> int:
+def _loop_main(host: str, port: str, size: str, parallel: str, seconds: str, pace: str) -> int:
     """PARALLEL pairs of clients, each relaying SIZE-byte files back to back for SECONDS.
     The clients stay registered until stdin closes, so that the room measured meanwhile
     sees no LEAVE during its run."""
+    # The lowest priority: these clients stand for people on other machines, and must
+    # not starve the generator that measures the chat (which shares their CPU here).
+    os.nice(19)
     address, size_bytes = (host, int(port)), int(size)
     sha256 = _payload_sha256(size_bytes)
     pairs = [(_Chat(address, _prefix() + "a"), _Chat(address, _prefix() + "b")) for _ in range(int(parallel))]
@@ -313,7 +335,7 @@ def _loop_main(host: str, port: str, size: str, parallel: str, seconds: str) -> 
         number = 0
         while time.monotonic() < end:
             number += 1
-            relay_between(address, alice, bob, size_bytes, sha256, tid=str(number))
+            relay_between(address, alice, bob, size_bytes, sha256, tid=str(number), pace=float(pace))
             moved[index] += size_bytes
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(pairs))]
@@ -330,6 +352,6 @@ def _loop_main(host: str, port: str, size: str, parallel: str, seconds: str) -> 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "loop":
+    if len(sys.argv) == 8 and sys.argv[1] == "loop":
         sys.exit(_loop_main(*sys.argv[2:]))
-    sys.exit("usage: python -m bench.files loop HOST PORT SIZE PARALLEL SECONDS")
+    sys.exit("usage: python -m bench.files loop HOST PORT SIZE PARALLEL SECONDS PACE")

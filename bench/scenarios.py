@@ -94,6 +94,9 @@ class Settings:
     file_size: int = 200 * 1000 * 1000
     file_latency_case: tuple[int, float] = (100, 600.0)
     file_transfers: int = 2
+    # paces (bytes a second per transfer) measured besides "as fast as they go":
+    # 100 MB/s is what a 1 Gbit/s link carries
+    file_paces: tuple[float, ...] = (100e6,)
     # send floor: timed passes per case (60 a second)
     floor_passes: int = 120
     # deadlines for the non-measured phases

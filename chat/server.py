@@ -109,12 +109,24 @@ ACCEPTORS = 4
 #: the GIL for long (every send and recv lets go of it), so a forced switch
 #: is never what hands it on, and latency did not change (README, Design).
 GIL_SWITCH_INTERVAL = 0.2
-#: [FILE-20] Bytes of one transfer in flight through the server at most: the
-#: pipe os.splice moves plain-TCP bytes through (64 KiB is Linux's default
-#: pipe size), or the plaintext a TLS relay decrypts at a time. Memory per
-#: transfer is this (plus TLS_UNSENT_MAX of ciphertext inside TLS), however
-#: large the file (README, Sharing files, has the figures).
-RELAY_WINDOW = 64 * 1024
+#: [FILE-20] Bytes of one plain-TCP transfer in the server at most: the pipe
+#: os.splice moves them through, kernel memory, never the process's. Also
+#: the recipient's SO_SNDBUF. Each splice() is a system call and a GIL
+#: round trip, so the window sets the pace: one 200 MB file went at 37-46%
+#: of a direct loopback copy with 64 KiB (Linux's default pipe), 55% with
+#: 256 KiB, 69-73% with 1 MiB (`python -m bench --scenario file`, README,
+#: Sharing files), the most an unprivileged process may ask for
+#: (/proc/sys/fs/pipe-max-size); a refused size leaves the pipe at 64 KiB.
+RELAY_WINDOW = 1024 * 1024
+#: [FILE-20] Bytes of one TLS transfer in the server's own memory at most: the
+#: plaintext decrypted at a time (plus TLS_UNSENT_MAX of ciphertext), so two
+#: transfers stay well within the 4 MB of RSS the issue allows.
+COPY_WINDOW = 64 * 1024
+#: Niceness of a thread while it relays a file: bulk bytes give way to chat
+#: lines when both want the CPU ([FILE-19]). Linux sets it per thread. The
+#: effect measured is within the noise of this shared machine (README,
+#: Sharing files); it is kept because it costs nothing and says the intent.
+RELAY_NICE = 10
 #: fcntl's F_SETPIPE_SZ (Linux), which Python 3.10 does not name.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
@@ -287,7 +299,7 @@ class FileRelay:
     order (FIN, close_notify) after a complete relay or cut it (a reset)
     after a failed one. The bytes never pass the server's lock, the room or
     the flushers, so chat lines never wait behind them ([FILE-19]); at most
-    RELAY_WINDOW bytes of a transfer are in the server at once ([FILE-20]):
+    a window of a transfer's bytes is in the server at once ([FILE-20]):
     it reads the sender only as fast as the recipient's socket takes them.
     Plain TCP on both sides goes through os.splice, kernel to kernel; TLS on
     either side is decrypted and encrypted here. The sockets are non-blocking
@@ -342,6 +354,11 @@ class FileRelay:
 
     def serve(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
         """Run one data connection to its end, and close it. Its reader thread."""
+        try:
+            # The thread ends with this connection, so its lowered priority dies with it.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RELAY_NICE)
+        except (AttributeError, OSError):
+            pass  # not Linux: every thread keeps the process's priority
         try:
             transport.sock.setblocking(False)
             # SEND_BUFFER suits chat lines; the relay's writes want its window.
@@ -479,11 +496,11 @@ def _splice(source: PlainTransport, sink: PlainTransport, size: int, pair: Relay
 
 
 def _copy(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
-    """Through user space (TLS on either side): RELAY_WINDOW of plaintext at a time."""
+    """Through user space (TLS on either side): COPY_WINDOW of plaintext at a time."""
     moved = 0
     while moved < size:
         try:
-            data = source.recv(min(RELAY_WINDOW, size - moved))
+            data = source.recv(min(COPY_WINDOW, size - moved))
         except BlockingIOError:
             _wait(source, select.POLLIN, pair)
             continue
@@ -511,7 +528,7 @@ def _close_in_order(transport: PlainTransport) -> None:
     try:
         transport.sock.setblocking(True)
         transport.sock.settimeout(CLOSE_GRACE)
-        while transport.sock.recv(RELAY_WINDOW):
+        while transport.sock.recv(COPY_WINDOW):
             pass
     except OSError:
         pass
