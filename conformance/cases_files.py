@@ -493,8 +493,7 @@ def file_data_no_timers(ctx: CaseContext) -> None:
 
 
 @python_case("file-window-and-chat", covers=["FILE-20", "FILE-19", "FILE-10"], needs=["file-max"], quote=[
-    "The server MUST hold a fixed window of a transfer's bytes at most (the reference: 64 KiB), however "
-    "large the file:",
+    "The server MUST hold a fixed window of a transfer's bytes at most, however large the file",
     "The server MUST NOT make any chat line, to anyone (the two parties included), wait behind file data:",
     "`CANCEL <sender> <tid>` from either party MUST end the transfer with reason `cancelled`, whatever its "
     "state, and cut its data connections if they are open ([FILE-15]).",
