@@ -526,7 +526,9 @@ def main(argv: list[str] | None = None) -> int:
 # Registered here, after main(), which reads SERVERS only when it runs; the cases that catch
 # each break are in conformance/cases_files.py and the sessions named files-*.
 
-from chat import server as _server_module  # noqa: E402 - this section stands on its own
+import select  # noqa: E402 - this section stands on its own
+
+from chat import server as _server_module  # noqa: E402
 from chat.transfers import TransferTable  # noqa: E402
 
 
@@ -582,14 +584,18 @@ class ReusableTokenServer(BrokenServer):
 
 
 class WholeFileRelay(_server_module.FileRelay):
-    def _move(self, source, sink, size):
+    def _move(self, source, sink, size, pair):
         whole = bytearray()
         while len(whole) < size:  # the break: the whole file is read before any of it is sent
-            data = source.recv(min(1 << 20, size - len(whole)))
+            try:
+                data = source.recv(min(1 << 20, size - len(whole)))
+            except BlockingIOError:
+                _server_module._wait(source, select.POLLIN, pair)
+                continue
             if not data:
                 break
             whole += data
-        _server_module._send_all(sink, bytes(whole))
+        _server_module._send_all(sink, bytes(whole), pair)
         return len(whole)
 
 
@@ -605,8 +611,8 @@ class WholeFileServer(BrokenServer):
 
 
 class OversizePassesRelay(_server_module.FileRelay):
-    def _relay(self, source, sink, size):
-        moved = _server_module._copy(source, sink, size)
+    def _relay(self, source, sink, size, pair):
+        moved = _server_module._copy(source, sink, size, pair)
         return "ok" if moved == size else "aborted"  # the break: bytes past `size` go unnoticed
 
 
