@@ -406,7 +406,9 @@ def open_data_connection(address: tuple[str, int], token: str, *, tls: ssl.SSLCo
     sock = socket.create_connection(address, timeout=timeout)
     try:
         if tls is not None:
-            sock = tls.wrap_socket(sock, server_hostname=server_hostname or address[0])
+            # suppress_ragged_eofs=False: only close_notify is an orderly end ([FILE-15]).
+            sock = tls.wrap_socket(sock, server_hostname=server_hostname or address[0],
+                                   suppress_ragged_eofs=False)
     except BaseException:
         sock.close()
         raise
