@@ -114,7 +114,7 @@ GIL_SWITCH_INTERVAL = 0.2
 #: the recipient's SO_SNDBUF. Each splice() is a system call and a GIL
 #: round trip, so the window sets the pace: one 200 MB file went at 37-46%
 #: of a direct loopback copy with 64 KiB (Linux's default pipe), 55% with
-#: 256 KiB, 69-73% with 1 MiB (`python -m bench --scenario file`, README,
+#: 256 KiB, 60-73% with 1 MiB (`python -m bench --scenario file`, README,
 #: Sharing files), the most an unprivileged process may ask for
 #: (/proc/sys/fs/pipe-max-size); a refused size leaves the pipe at 64 KiB.
 RELAY_WINDOW = 1024 * 1024
