@@ -243,3 +243,47 @@ def test_hello_params_keeps_unknown_keys_and_skips_junk():
 def test_formatted_lines_round_trip_through_the_client_parser():
     line = protocol.format_pm("alice", "bob", "x y").decode().rstrip("\n")
     assert protocol.parse_reply(line).fields == ("alice", "bob", "x y")
+
+
+# ---------------------------------------------------------------------------
+# Server lines, typed (for clients)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, value", [
+    ("HELLO chat/1 line-max=512 shiny-new=7 junk password=0",
+     protocol.ServerHello("chat/1", (("line-max", 512), ("shiny-new", 7), ("password", 0)))),
+    ("JOIN alice", protocol.ServerJoin("alice")),
+    ("LEAVE alice quit", protocol.ServerLeave("alice", "quit")),
+    ("MSG alice hi  there ", protocol.ServerMsg("alice", "hi  there ")),
+    ("PM alice bob a b c", protocol.ServerPm("alice", "bob", "a b c")),
+    ("NAMES a b c", protocol.ServerNames(("a", "b", "c"))),
+    ("ENDNAMES 3", protocol.ServerEndNames(3)),
+    ("PING t1", protocol.ServerPing("t1")),
+    ("PONG t1", protocol.ServerPong("t1")),
+    ("OK PASS", protocol.ServerOk("PASS")),
+    ("ERR NAME_TAKEN alice is taken", protocol.ServerErr("NAME_TAKEN", "alice is taken")),
+    ("ERR NEWER_CODE", protocol.ServerErr("NEWER_CODE", "")),
+])
+def test_server_line_is_parsed_into_its_typed_value(line, value):
+    assert protocol.parse_server_line(line) == value
+
+
+@pytest.mark.parametrize("line", [
+    "", "FUTURE x y", "HELLO", "JOIN", "JOIN 9lives", "LEAVE alice", "MSG alice",
+    "MSG 9x hi", "PM alice bob", "PM alice 9x hi", "NAMES", "NAMES a 9b", "ENDNAMES x",
+    "PING", "PONG " + "x" * 65, "OK", "ERR",
+])
+def test_server_line_that_breaks_its_rule_is_unknown_not_an_exception(line):
+    assert protocol.parse_server_line(line) == protocol.ServerUnknown(line)
+
+
+def test_server_hello_param_with_default():
+    hello = protocol.parse_server_line("HELLO chat/1 line-max=512")
+    assert hello.param("line-max") == 512 and hello.param("nick") == 0
+
+
+@pytest.mark.parametrize("code, closes", [
+    ("BAD_PASSWORD", True), ("NAME_TAKEN", False), ("SOME_FUTURE_CODE", False)])
+def test_server_err_knows_which_codes_close(code, closes):
+    assert protocol.ServerErr(code, "").closes is closes
