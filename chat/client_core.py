@@ -499,6 +499,13 @@ class ClientCore:
         return sorted(self._members.values(), key=lambda name: (name_key(name), name))
 
     @property
+    def outstanding(self) -> int:
+        """Commands sent whose reply has not come yet: a front end feeding a
+        script's lines may keep this small, so a flood-delayed server ([LIMIT-4])
+        is not handed thousands of lines at once."""
+        return len(self._owed)
+
+    @property
     def connected_now(self) -> bool:
         return self._state in (_State.GREETING, _State.REGISTERING, _State.REGISTERED)
 

@@ -205,6 +205,7 @@ def test_own_message_shows_once_pending_then_acknowledged_by_its_echo():
     core = registered_core()
     assert core.user_input("hello", 1.0) == [
         Send("MSG hello"), Message("alice", "hello", own=True, pending=True, id=1)]
+    assert core.outstanding == 1
     # [MSG-2]: the echo is the acknowledgement, not a second message.
     assert core.line_received("MSG alice hello", 1.25) == [Acked(1, 0.25)]
 
