@@ -16,6 +16,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -380,3 +381,17 @@ def test_a_dumb_terminal_gets_the_line_mode(server, observer, terminals):
     alice.wait_for(r"<alice> plain")
     alice.type(CTRL_D)
     assert alice.wait_exit() == 0
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_leaves_gracefully_with_status_130(server, observer, terminals):
+    alice = terminals(server.address[1], "--name", "alice")
+    joined(alice)
+    observer.expect("JOIN alice")
+    alice.type("never sent")
+    alice.wait_for(r"^alice> never sent$")
+    # What Ctrl-C does. (The pseudo-terminal is not the client's controlling
+    # terminal, so the key itself would send no signal.)
+    alice.process.send_signal(signal.SIGINT)
+    observer.expect("LEAVE alice quit")
+    assert alice.wait_exit() == 130
