@@ -74,7 +74,14 @@ the server give up meanwhile, the core connects again once the name is given.
 Members: `core.members` is who is online (sorted), kept up to date by JOIN,
 LEAVE, NICK and the NAMES list the core asks for after each registration.
 `core.name` is our name, `core.lag` the latest lag in seconds (None before the
-first measurement), `core.features` what the server advertises (HELLO).
+first measurement), `core.features` what the server advertises (HELLO),
+`core.query` the private conversation plain text goes to (None: the room),
+`core.registered` whether we are in the room now, `core.outstanding` how many
+commands await their reply.
+
+Who owns what: the front end owns the socket (and TLS), its threads, the
+screen and the clock; it calls the core from one thread only (the core has
+no lock). The core owns the conversation's state and every decision.
 """
 
 from __future__ import annotations
