@@ -162,7 +162,8 @@ Tab completes names. //text sends /text; a line starting with a space is sent as
 #: The commands, for Tab at the start of the input.
 COMMANDS = ("/clear", "/help", "/me", "/msg", "/names", "/nick", "/query", "/quit", "/users")
 
-#: What a Reconnecting reason or Disconnected reason says for closing ERRs.
+#: Closing ERRs after which connecting again cannot help: a wrong password
+#: would only be refused again ([PASS-3]).
 _FATAL_ERRORS = frozenset({ErrorCode.BAD_PASSWORD.value})
 
 
@@ -603,7 +604,7 @@ class ClientCore:
 
     def _typed(self, line: str, target: str | None, now: float) -> list[Effect]:
         stripped = line.strip()
-        if stripped.lower() == "exit":
+        if line.rstrip().lower() == "exit":  # " exit", with its space, is text.
             return self.quit(now)
         if line.startswith("//"):
             return self._say(line[1:], target, now)
