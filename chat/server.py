@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from chat.limits import Limits
+from chat.limits import OPTIONAL_VERBS, Limits
 from chat.protocol import LineBuffer
 from chat.state import (
     Action,
@@ -1018,6 +1018,9 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-port", type=int, default=5001, help="TLS port (default 5001; 0 picks one)")
     tls.add_argument("--tls-only", action="store_true", help="no plain listener, TLS only")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument("--without", action="append", default=[], choices=sorted(OPTIONAL_VERBS.values()),
+                        help="do not offer this optional command (SPEC.md 6.8; repeatable), "
+                             "as a server older than it would")
     return parser
 
 
@@ -1030,6 +1033,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         "max_clients", "max_per_address", "register_timeout", "ping_interval",
         "ping_timeout", "flood_rate", "flood_burst", "outbound_max",
         "file_max", "file_per_user", "file_per_server", "file_expiry")}
+    # Optional commands left out (SPEC.md 6.8, [CMD-5]).
+    fields.update({field: 0 for field in args.without})
     return Limits(password=password, **fields)
 
 
