@@ -108,6 +108,8 @@ from chat.client_effects import (
     Effect,
     Error,
     Failed,
+    FileCommand,
+    FileLine,
     Joined,
     Lag,
     Left,
@@ -131,6 +133,7 @@ from chat.protocol import (
     ServerAct,
     ServerEndNames,
     ServerErr,
+    ServerFile,
     ServerHello,
     ServerJoin,
     ServerLeave,
@@ -174,6 +177,8 @@ __all__ = [
     "Reconnecting",
     "QueryOpened",
     "QueryClosed",
+    "FileCommand",
+    "FileLine",
     "Effect",
     "ClientCore", "CURRENT", "HELP", "COMMANDS", "TICK_INTERVAL",
     "mentions", "printable", "split_text",
@@ -218,13 +223,20 @@ Type a message and press Enter to send it to the room (or to the open /query).
   /nick name          change your name
   /names, /users      who is online
   /query name         talk privately with name; /query alone goes back to the room
+  /send name path     offer a file; /accept [id] [path], /reject [id], /cancel [id],
+                      /transfers answer and follow offers (ids are sender/number)
   /clear              clear the screen
   /quit, exit         leave (so does Ctrl-D)
   /help               this help
 Tab completes names. //text sends /text; a line starting with a space is sent as it is."""
 
 #: The commands, for Tab at the start of the input.
-COMMANDS = ("/clear", "/help", "/me", "/msg", "/names", "/nick", "/query", "/quit", "/users")
+COMMANDS = ("/accept", "/cancel", "/clear", "/help", "/me", "/msg", "/names", "/nick", "/query", "/quit",
+            "/reject", "/send", "/transfers", "/users")
+#: The file-sharing commands (SPEC.md 11a), carried out by the front end's FileSession.
+FILE_COMMANDS = ("/send", "/accept", "/reject", "/cancel", "/transfers")
+#: Which of our commands each file-sharing server line answers ([CMD-3]).
+_FILE_REPLIES = {"OFFER": ("OFFER",), "ACCEPTED": ("ACCEPT",), "ENDED": ("REJECT", "CANCEL", "RECEIVED")}
 
 #: Closing ERRs after which connecting again cannot help: a wrong password
 #: would only be refused again ([PASS-3]).
@@ -307,6 +319,8 @@ class _Owed:
     verb: str
     sent_at: float
     id: int | None = None
+    #: A file-sharing command's transfer: (the sender's name key, tid).
+    transfer: tuple[str, str] | None = None
 
 
 class ClientCore:
@@ -478,6 +492,8 @@ class ClientCore:
             return [Notice(HELP)]
         if word == "/clear":
             return [Clear()]
+        if word in FILE_COMMANDS:
+            return [FileCommand(line)]
         if word in ("/names", "/users", "/who"):
             self._check_connected()
             return [self._send("USERS", now)]
@@ -730,6 +746,27 @@ class ClientCore:
         self._owed.append(_Owed(verb, now, message_id))
         return Send(line)
 
+    def send_file_command(self, line: str, now: float) -> list[Effect]:
+        """A line chat.client_files made (OFFER, ACCEPT, REJECT, CANCEL, RECEIVED): sent,
+        and owed its reply like any command, so that replies keep matching ([CMD-3])."""
+        if not self._can_send():
+            return [Notice(f"not sent (not connected): {line}")]
+        verb, _, rest = line.partition(" ")
+        fields = rest.split(" ")
+        sender = self.name if verb == "OFFER" else fields[0]
+        tid = fields[1] if len(fields) > 1 else ""
+        self._owed.append(_Owed(verb, now, transfer=(name_key(sender or ""), tid)))
+        return [Send(line)]
+
+    def _on_file(self, line: ServerFile, now: float) -> list[Effect]:
+        """OFFER, ACCEPTED, ENDED: the reply to our oldest command if it names this
+        transfer, else news; the front end's FileSession reads the line."""
+        owed = self._owed[0] if self._owed else None
+        if (owed is not None and owed.verb in _FILE_REPLIES[line.verb]
+                and owed.transfer == (name_key(line.sender), line.tid)):
+            self._owed.popleft()
+        return [FileLine(line.line)]
+
     def _pop(self, verb: str) -> _Owed | None:
         """Take the oldest owed command if it is a `verb` (a broken server
         may answer what was not asked: then nothing is taken)."""
@@ -864,6 +901,7 @@ def _bad_name(name: str) -> str:
 
 
 _HANDLERS = {
+    ServerFile: ClientCore._on_file,
     ServerHello: ClientCore._on_hello,
     ServerOk: ClientCore._on_ok,
     ServerJoin: ClientCore._on_join,

@@ -215,7 +215,25 @@ class QueryClosed:
     name: str
 
 
+# -- file sharing (SPEC.md section 11a): the front end's FileSession does the rest --
+
+
+@dataclasses.dataclass(frozen=True)
+class FileCommand:
+    """/send, /accept, /reject, /cancel or /transfers, typed: hand `text` to
+    chat.client_files.FileSession.command (it reads files, so it is no part of
+    the core), and send the lines it returns with send_file_command()."""
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FileLine:
+    """A server line about a transfer (OFFER, ACCEPTED, ENDED): hand it to
+    chat.client_files.FileSession.server_line."""
+    line: str
+
+
 Effect = (Send | Connect | Disconnect | AskName | AskPassword | ConfirmPaste | Unsent | Clear | Quit
           | Connected | Joined | Left | Message | Private | Action | Acked | Failed | Lost
           | NickChanged | Names | Error | Notice | Lag | Disconnected | Reconnecting
-          | QueryOpened | QueryClosed)
+          | QueryOpened | QueryClosed | FileCommand | FileLine)

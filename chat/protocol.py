@@ -657,6 +657,17 @@ class ServerAct:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServerFile:
+    """OFFER, ACCEPTED or ENDED (SPEC.md 11a): the transfer it names, and the
+    line whole, for chat.client_files to read."""
+
+    verb: str
+    sender: str
+    tid: str
+    line: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerUnknown:
     """A line no rule of chat/1 matches: a newer server's verb, or a broken
     server's line. Clients show it as it is, and go on."""
@@ -666,7 +677,7 @@ class ServerUnknown:
 
 ServerLine = (ServerHello | ServerJoin | ServerLeave | ServerMsg | ServerPm | ServerNames
               | ServerEndNames | ServerPing | ServerPong | ServerOk | ServerErr | ServerNick
-              | ServerAct | ServerUnknown)
+              | ServerAct | ServerFile | ServerUnknown)
 
 
 def parse_server_line(line: str) -> ServerLine:
@@ -747,6 +758,17 @@ def _server_ok(rest: str) -> ServerOk | None:
     return ServerOk(rest) if rest else None
 
 
+def _server_file(verb: str, fixed: int, tid_at: int):
+    """OFFER sender recipient tid ...; ACCEPTED and ENDED sender tid ...: `fixed`
+    fields at least, the tid at `tid_at`."""
+    def parse(rest: str) -> ServerFile | None:
+        fields = rest.split(" ")
+        if len(fields) < fixed or not _names(fields[0]) or not _TID.fullmatch(fields[tid_at]):
+            return None
+        return ServerFile(verb, fields[0], fields[tid_at], f"{verb} {rest}")
+    return parse
+
+
 def _server_err(rest: str) -> ServerErr | None:
     code, _, text = rest.partition(" ")
     return ServerErr(code, text) if code else None
@@ -766,4 +788,7 @@ _SERVER_PARSERS = {
     "ERR": _server_err,
     "NICK": _server_nick,
     "ACT": _server_act,
+    "OFFER": _server_file("OFFER", 6, 2),
+    "ACCEPTED": _server_file("ACCEPTED", 3, 1),
+    "ENDED": _server_file("ENDED", 3, 1),
 }
