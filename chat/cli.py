@@ -37,6 +37,7 @@ from pathlib import Path
 
 from chat import client_core as core_events
 from chat.client_core import ClientCore, Effect
+from chat.client_files import FileSession, Reply
 from chat.protocol import LineBuffer, ProtocolError
 
 #: The longest server line the client accepts. A conforming server sends at
@@ -400,6 +401,11 @@ class Link:
             os.close(self.wake_read)
             os.close(self._wake_write)
 
+    def post(self, value) -> None:
+        """From any thread: ("file", generation, value) for the main loop (chat.client_files
+        hands its threads' events over this way)."""
+        self._put("file", self.generation, value)
+
     def drain_wake(self) -> None:
         try:
             while os.read(self.wake_read, 4096):
@@ -534,11 +540,13 @@ class Session:
 
     def __init__(self, core: ClientCore, link: Link, ui, first_stream=None,
                  clock: Callable[[], float] = time.monotonic,
-                 jitter: Callable[[], float] | None = None) -> None:
+                 jitter: Callable[[], float] | None = None, files: FileSession | None = None) -> None:
         import random
         self.core = core
         self.link = link
         self.ui = ui
+        #: File sharing (SPEC.md 11a), when the front end can open data connections.
+        self.files = files
         self.clock = clock
         self.jitter = jitter or random.random
         self._first_stream = first_stream
@@ -576,6 +584,8 @@ class Session:
             return 130 if self.interrupted else self.status
         finally:
             selector.close()
+            if self.files is not None:
+                self.files.close()  # cuts the data connections, removes partial files
             self.ui.close()
             self.link.finish()
 
@@ -596,7 +606,8 @@ class Session:
                 if not self.core.registered or self.core.outstanding >= PIPED_IN_FLIGHT:
                     return  # Lines typed ahead wait for the room (or for the server).
                 self.apply(self.core.user_input(ui.lines.popleft(), now))
-            if ui.ended and not ui.lines and not self.core.outstanding and self.status is None:
+            busy = self.files is not None and self.files.busy()  # a script waits for its transfers
+            if ui.ended and not ui.lines and not self.core.outstanding and not busy and self.status is None:
                 if self.core.registered or ui.asking is not None:
                     ui.ended = False  # Quit once.
                     ui.asking = None
@@ -635,6 +646,8 @@ class Session:
                 self.apply(self.core.line_received(value, now))
             elif kind == "overlong":
                 self.ui.show(core_events.Notice("* the server sent an overlong line; skipped"))
+            elif kind == "file":
+                self._files_said(self.files.posted(value))
             else:
                 self.link.stream = None
                 self.apply(self.core.connection_lost(now, self.jitter()))
@@ -662,8 +675,34 @@ class Session:
                 self.ui.clear()
             elif isinstance(effect, core_events.Quit):
                 self.status = effect.status
+            elif isinstance(effect, (core_events.FileCommand, core_events.FileLine)):
+                self._file_effect(effect)
             else:
                 self.ui.show(effect)
+                if isinstance(effect, core_events.Disconnected) and self.files is not None:
+                    self._files_said(self.files.connection_lost())
+
+    def _file_effect(self, effect: core_events.FileCommand | core_events.FileLine) -> None:
+        """Hand a file command or a file line to the FileSession (SPEC.md 11a)."""
+        if self.files is None:
+            if isinstance(effect, core_events.FileCommand):
+                self.ui.show(core_events.Notice("file sharing needs the full client (chat-client)"))
+            return
+        self.files.me = self.core.name or ""
+        self.files.file_max = self.core.features.get("file-max", 0)
+        if isinstance(effect, core_events.FileCommand):
+            self._files_said(self.files.command(effect.text))
+        else:
+            self._files_said(self.files.server_line(effect.line))
+
+    def _files_said(self, reply: Reply | None) -> None:
+        """Send the FileSession's lines through the core (their replies are owed), show its notices."""
+        if reply is None:
+            return
+        for line in reply.lines:
+            self.apply(self.core.send_file_command(line, self.clock()))
+        for notice in reply.notices:
+            self.ui.show(core_events.Notice(notice))
 
     def _cannot_ask(self, effect: Effect) -> None:
         """Piped: nobody to ask. Say why, and leave with status 1."""
@@ -688,11 +727,16 @@ def name_colour(name: str, colours: int) -> int:
 
 
 def run(core: ClientCore, connector: Callable[[], object], first_stream, interactive: bool,
-        host: str) -> int:
-    """Run the client: full-screen on a capable terminal, else line by line."""
+        host: str, data_opener: Callable[[], object] | None = None,
+        downloads: Path | None = None) -> int:
+    """Run the client: full-screen on a capable terminal, else line by line.
+
+    `data_opener()` opens a connection for file data ([FILE-15]); without it the
+    client does not share files."""
     link = Link(connector)
+    files = FileSession(data_opener, link.post, downloads) if data_opener is not None else None
     term = os.environ.get("TERM", "")
     if interactive and term not in ("", "dumb", "unknown"):
         from chat.cli_screen import run_screen
-        return run_screen(core, link, first_stream, host)
-    return Session(core, link, LineUI(interactive), first_stream).run()
+        return run_screen(core, link, first_stream, host, files)
+    return Session(core, link, LineUI(interactive), first_stream, files=files).run()

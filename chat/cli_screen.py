@@ -404,7 +404,7 @@ class ScreenUI:
         return curses.A_NORMAL
 
 
-def run_screen(core: ClientCore, link, first_stream, host: str) -> int:
+def run_screen(core: ClientCore, link, first_stream, host: str, files=None) -> int:
     """Run the session full-screen; what was said last stays printed after it.
 
     Not curses.wrapper: it calls start_color(), after which even a terminal
@@ -417,7 +417,7 @@ def run_screen(core: ClientCore, link, first_stream, host: str) -> int:
     try:
         ui = ScreenUI(stdscr, core, host, colours_wanted() and curses.has_colors())
         try:
-            status = Session(core, link, ui, first_stream).run()
+            status = Session(core, link, ui, first_stream, files=files).run()
         finally:
             farewell.extend(entry.text() for entry in list(ui.entries)[-3:])
     finally:

@@ -20,9 +20,11 @@ import socket
 import ssl
 import sys
 import threading
+from pathlib import Path
 
 from chat import cli
 from chat.client_core import HELP, ClientCore
+from chat.client_files import DATA_TIMEOUT
 from chat.protocol import VERSION, is_valid_name
 from chat.transport import MemoryTLS
 
@@ -138,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
     parser.add_argument("--cafile", metavar="FILE",
                         help="trust the server certificates signed by this CA (implies --tls)")
+    parser.add_argument("--downloads", metavar="DIR", type=Path,
+                        help="where accepted files go (default ~/Downloads, else the home folder)")
     return parser
 
 
@@ -164,6 +168,22 @@ def connect(host: str, port: int, tls: bool, cafile: str | None) -> PlainStream:
         sock.close()
         raise
     return stream
+
+
+def open_data_socket(host: str, port: int, tls: bool, cafile: str | None) -> socket.socket:
+    """A connection for a file's bytes ([FILE-15]): to the same server, inside TLS if the
+    chat is; a blocking socket (its thread is chat.client_files'). Only TLS's close_notify
+    counts as an orderly end there."""
+    sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    try:
+        if tls:
+            context = ssl.create_default_context(cafile=cafile)
+            sock = context.wrap_socket(sock, server_hostname=host, suppress_ragged_eofs=False)
+        sock.settimeout(DATA_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def ask_name() -> str | None:
@@ -207,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     # At a terminal a lost connection is followed by a new one; a script
     # wants its exit status instead.
     core = ClientCore(name, password, reconnect=interactive)
-    return cli.run(core, connector, stream, interactive, f"{args.host}:{args.port}")
+    tls = args.tls or args.cafile is not None
+    return cli.run(core, connector, stream, interactive, f"{args.host}:{args.port}",
+                   data_opener=lambda: open_data_socket(args.host, args.port, tls, args.cafile),
+                   downloads=args.downloads)
 
 
 if __name__ == "__main__":

@@ -594,6 +594,10 @@ class FileSession:
     def handles(self, text: str) -> bool:
         return text.split(" ", 1)[0].lower() in self.COMMANDS
 
+    def busy(self) -> bool:
+        """Whether any transfer is still open (a script waits for them before it leaves)."""
+        return any(True for _ in self.book)
+
     # -- the user's commands ----------------------------------------------------------------
 
     def command(self, text: str) -> Reply:

@@ -128,3 +128,47 @@ def test_two_clients_exchange_a_200_mb_file_checked(tls, big_file, tmp_path, cer
         bob.close()
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_two_cli_clients_exchange_a_200_mb_file_checked(tls, big_file, tmp_path, certificate_authority):
+    """The same through the real CLI (chat-client in pseudo-terminals): /send, /accept."""
+    pytest.importorskip("pyte", reason="pyte emulates the terminal the CLI runs in (test extra)")
+    from tests.test_cli_screen import Terminal
+
+    server_context, args = None, []
+    if tls:
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate_authority.issue_cert("127.0.0.1").configure_cert(server_context)
+        cafile = tmp_path / "ca.pem"
+        certificate_authority.cert_pem.write_to_path(str(cafile))
+        args = ["--cafile", str(cafile)]
+    server = ChatServer("127.0.0.1", None if tls else 0, LIMITS, tls_context=server_context,
+                        tls_port=0).start()
+    port = (server.tls_address if tls else server.address)[1]
+    terminals = []
+    try:
+        def person(name):
+            downloads = tmp_path / f"{name}-downloads"
+            downloads.mkdir()
+            terminal = Terminal(port, "--name", name, "--downloads", str(downloads), *args,
+                                state=tmp_path / "state")
+            terminals.append(terminal)
+            return terminal
+
+        alice = person("alice")
+        alice.wait_for(r"\* online \(1\): alice")
+        bob = person("bob")
+        bob.wait_for(r"\* online \(2\): alice, bob")
+        alice.type(f"/send bob {big_file}\r")
+        bob.wait_for(r"alice offers you big\.bin \(200\.0 MB\)", deadline=30)
+        bob.type("/accept\r")
+        bob.wait_for(r"big\.bin: complete, size and SHA-256 checked; saved as", deadline=120)
+        alice.wait_for(r"big\.bin \(alice/1\): complete", deadline=30)
+        saved = tmp_path / "bob-downloads" / "big.bin"
+        assert hash_file(saved) == hash_file(big_file)
+        assert os.listdir(tmp_path / "bob-downloads") == ["big.bin"]
+    finally:
+        for terminal in terminals:
+            terminal.close()
+        server.shutdown()
