@@ -1,0 +1,408 @@
+"""The desktop client (chat/gui/) in a real Tk window, against a real reference server.
+
+The window runs on an X display of its own (tests/xdisplay.py: Xvfb, started
+here). Tests drive it as a user would, with Tk's own events (keys into the
+input line, button invocations), and read what a user would see: the Text
+widgets' contents and tags, the list of who is online, the tabs' titles,
+the status bar. Waiting is Tk's: `pump` runs the event loop (the app polls
+its socket queue from it) until the expected content shows, with a
+deadline; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from chat.server import ChatServer
+from tests.conftest import DEADLINE, TEST_LIMITS, LineClient
+from tests.xdisplay import private_display
+
+tk = pytest.importorskip("tkinter", reason="this Python has no tkinter")
+
+from chat.gui.app import ChatApp  # noqa: E402  (after the tkinter check)
+from chat.gui.connection import ServerAddress  # noqa: E402
+from chat.gui.dialogs import ConnectDialog, Prompt  # noqa: E402
+from chat.gui.window import colour_for, name_tag  # noqa: E402
+
+#: Seconds to wait for a reconnect: the core's first backoff is at most
+#: BACKOFF_FIRST * 1.5 (jitter), and the tests pin the jitter to 0 (0.5 s).
+RECONNECT_DEADLINE = 15.0
+
+
+def pump(root, done, what: str, deadline: float = DEADLINE):
+    """Run Tk's event loop until done() is true; fail with `what` after `deadline` s.
+
+    dooneevent() blocks until the next event, and the app's poll timer is one
+    (every 20 ms): the loop waits on Tk, never in sleep()."""
+    end = time.monotonic() + deadline
+    while not (result := done()):
+        if time.monotonic() > end:
+            pytest.fail(f"not within {deadline} s: {what()}")
+        root.tk.dooneevent(0)
+    return result
+
+
+class Driver:
+    """A user in front of the window: types, presses keys, reads."""
+
+    def __init__(self, app: ChatApp) -> None:
+        self.app = app
+        self.root = app.root
+        self.window = app.window
+
+    def room_text(self) -> str:
+        return self.window.room.contents()
+
+    def wait_for(self, text: str, conversation=None, deadline: float = DEADLINE) -> None:
+        conversation = conversation or self.window.room
+        pump(self.root, lambda: text in conversation.contents(),
+             lambda: f"{text!r} in {conversation.contents()[-600:]!r}", deadline)
+
+    def wait_until(self, done, what, deadline: float = DEADLINE):
+        return pump(self.root, done, what, deadline)
+
+    def type(self, text: str) -> None:
+        self.window.set_input(text)
+
+    def key(self, keysym: str) -> None:
+        self.window.entry.focus_force()
+        self.window.entry.event_generate(f"<{keysym}>")
+
+    def say(self, text: str) -> None:
+        self.type(text)
+        self.key("Return")
+
+    def tags_at(self, conversation, text: str) -> tuple[str, ...]:
+        """The tags on the last occurrence of `text` in the conversation."""
+        widget = conversation.text
+        index = widget.search(text, "end", backwards=True)
+        assert index, f"{text!r} not in {conversation.contents()!r}"
+        return widget.tag_names(index)
+
+    def members(self) -> list[str]:
+        return list(self.window.members.get(0, "end"))
+
+    def status(self) -> str:
+        return self.window.status.cget("text")
+
+
+@pytest.fixture(scope="session")
+def x_display():
+    """The X display of every GUI test here (Xvfb, started and stopped by the tests)."""
+    with private_display() as display:
+        yield display
+
+
+@pytest.fixture
+def others(request):
+    """Other people in the room, as raw LineClients: others("bob") is bob,
+    registered with the `server` fixture (or at `address`); all are closed
+    after the test."""
+    clients = []
+
+    def join_as(name: str, address=None) -> LineClient:
+        client = LineClient(address or request.getfixturevalue("server").address)
+        clients.append(client)
+        return client.register(name)
+
+    yield join_as
+    for client in clients:
+        client.close()
+
+
+class WallClock:
+    """What the timestamps show: the time, or the time `at` a test pins."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def __call__(self) -> float:
+        return time.time() if self.at is None else self.at
+
+
+@pytest.fixture
+def gui(x_display):
+    """A chat window (no session yet); closed, with its threads, after the test."""
+    root = tk.Tk()
+    wall_clock = WallClock()
+    app = ChatApp(root, wall_clock=wall_clock, jitter=lambda: 0.0, on_quit=lambda status: None)
+    driver = Driver(app)
+    driver.wall_clock = wall_clock
+    yield driver
+    app.close()
+    root.destroy()
+    # Tk objects must die on the main thread: left to the cyclic collector,
+    # they would be freed by whichever thread it runs in next (a later test's
+    # socket reader), where tkinter waits for a main loop that is not there.
+    del app, driver
+    gc.collect()
+
+
+def connect_through_dialog(gui: Driver, address, name: str = "alice") -> None:
+    dialog = gui.app.show_connect_dialog(ServerAddress("127.0.0.1", 5000))
+    assert isinstance(dialog, ConnectDialog)
+    dialog.host.set(address[0])
+    dialog.port.set(str(address[1]))
+    dialog.name.set(name)
+    dialog.connect_button.invoke()
+    gui.wait_for(f"you joined the room as {name}")
+
+
+@pytest.fixture
+def alice(gui, server):
+    """The window, connected to the `server` fixture as alice."""
+    connect_through_dialog(gui, server.address)
+    return gui
+
+
+def read_until(client: LineClient, expected: str) -> list[str]:
+    """The lines before `expected` (each read with LineClient's deadline)."""
+    before = []
+    while (line := client.line()) != expected:
+        before.append(line)
+    return before
+
+
+def test_connect_dialog_leads_to_the_room(gui, server):
+    dialog = gui.app.show_connect_dialog(ServerAddress("127.0.0.1", 5000))
+    dialog.port.set("not a port")
+    dialog.connect_button.invoke()
+    assert "port" in dialog.problem.get()
+    dialog.host.set(server.address[0])
+    dialog.port.set(str(server.address[1]))
+    dialog.name.set("9lives")
+    dialog.connect_button.invoke()
+    assert "name" in dialog.problem.get()
+    dialog.name.set("alice")
+    dialog.connect_button.invoke()
+    gui.wait_for("you joined the room as alice")
+    gui.wait_until(lambda: "1 online" in gui.status(), gui.status)
+    assert f"alice on 127.0.0.1:{server.address[1]}" in gui.status()
+    assert gui.members() == ["alice"]
+    assert gui.window.tab_titles() == ["room"]
+    assert "alice" in gui.root.title()
+
+
+def test_a_message_from_another_user_shows_in_the_senders_colour(alice, server, others):
+    bob = others("bob")
+    bob.send("MSG hi everyone")
+    alice.wait_for("hi everyone")
+    line = alice.room_text().splitlines()[-1]
+    assert line.endswith("\tbob\thi everyone"), line
+    tags = alice.tags_at(alice.window.room, "bob\thi")
+    assert name_tag("bob") in tags
+    assert alice.window.room.text.tag_cget(name_tag("bob"), "foreground") == colour_for("bob")
+    assert colour_for("bob") == colour_for("BOB")  # the same person ([NAME-2])
+
+
+def test_a_line_naming_us_is_highlighted(alice, server, others):
+    bob = others("bob")
+    bob.send("MSG alice: look at this")
+    alice.wait_for("look at this")
+    assert "mention" in alice.tags_at(alice.window.room, "look at this")
+    bob.send("MSG nothing for you")
+    alice.wait_for("nothing for you")
+    assert "mention" not in alice.tags_at(alice.window.room, "nothing for you")
+
+
+def test_own_message_is_pending_until_the_server_echoes_it(alice, server, others):
+    bob = others("bob")
+    alice.say("hello bob")
+    # Shown at once, before any event from the socket was handled: pending.
+    assert "hello bob" in alice.room_text()
+    assert "pending" in alice.tags_at(alice.window.room, "hello bob")
+    assert alice.window.entry.get() == ""
+    read_until(bob, "MSG alice hello bob")
+    alice.wait_until(lambda: "pending" not in alice.tags_at(alice.window.room, "hello bob"),
+                     lambda: alice.tags_at(alice.window.room, "hello bob"))
+    assert alice.room_text().count("hello bob") == 1  # once, not twice
+    alice.wait_until(lambda: "lag" in alice.status(), alice.status)
+
+
+def test_the_user_list_follows_join_and_leave(alice, server, others):
+    bob = others("bob")
+    alice.wait_until(lambda: alice.members() == ["alice", "bob"], alice.members)
+    assert alice.window.members_label.cget("text") == "2 online"
+    alice.wait_for("bob joined")
+    carol = others("carol")
+    alice.wait_until(lambda: alice.members() == ["alice", "bob", "carol"], alice.members)
+    bob.send("LEAVE")
+    alice.wait_until(lambda: alice.members() == ["alice", "carol"], alice.members)
+    alice.wait_for("bob left")
+    bob.close()
+    carol.close()
+    alice.wait_for("carol left (connection closed)")
+    assert alice.members() == ["alice"]
+    assert alice.window.members.itemcget(0, "foreground") == colour_for("alice")
+
+
+def test_a_private_message_opens_its_own_tab_with_an_unread_mark(alice, server, others):
+    bob = others("bob")
+    bob.send("PM alice psst, alice")
+    pump(alice.root, lambda: len(alice.window.tab_titles()) == 2, alice.window.tab_titles)
+    assert alice.window.tab_titles() == ["room", "bob (1!)"]
+    conversation = alice.window.find("bob")
+    assert "psst, alice" in conversation.contents()
+    assert "psst" not in alice.room_text()  # kept apart from the room
+    bob.send("PM alice another")
+    alice.wait_for("another", conversation)
+    assert alice.window.tab_titles() == ["room", "bob (2!)"]
+
+    alice.window.select(conversation)
+    alice.root.update()
+    assert alice.window.tab_titles() == ["room", "bob"]
+    assert alice.window.target_label.cget("text") == "to bob"
+    alice.say("hi bob, just us")  # typed in bob's tab: private
+    read_until(bob, "PM alice bob hi bob, just us")
+    alice.wait_until(lambda: "pending" not in alice.tags_at(conversation, "just us"),
+                     lambda: alice.tags_at(conversation, "just us"))
+    assert "just us" not in alice.room_text()
+
+    bob.send("MSG back in the room")  # the room's tab, not shown: unread
+    alice.wait_until(lambda: alice.window.tab_titles()[0] == "room (1)",
+                     alice.window.tab_titles)
+    alice.key("Control-w")  # closes the private tab
+    alice.root.update()
+    assert alice.window.tab_titles() == ["room"]
+
+
+def test_query_opens_a_tab_and_query_alone_closes_it(alice, server, others):
+    others("bob")
+    alice.wait_until(lambda: "bob" in alice.members(), alice.members)
+    alice.say("/query BOB")
+    alice.root.update()
+    assert alice.window.tab_titles() == ["room", "bob"]
+    assert alice.window.current.peer == "bob"
+    alice.say("/query")
+    alice.root.update()
+    assert alice.window.tab_titles() == ["room"]
+
+
+def test_up_and_down_walk_the_input_history(alice):
+    alice.say("/help")
+    alice.say("/names")
+    alice.type("a draft")
+    alice.key("Up")
+    assert alice.window.entry.get() == "/names"
+    alice.key("Up")
+    assert alice.window.entry.get() == "/help"
+    alice.key("Up")
+    assert alice.window.entry.get() == "/help"  # the oldest stays
+    alice.key("Down")
+    assert alice.window.entry.get() == "/names"
+    alice.key("Down")
+    assert alice.window.entry.get() == "a draft"  # the draft comes back
+
+
+def test_tab_completes_names_of_people_online(alice, server, others):
+    others("bob")
+    others("bobby")
+    alice.wait_until(lambda: alice.members() == ["alice", "bob", "bobby"], alice.members)
+    alice.type("b")
+    alice.key("Tab")
+    assert alice.window.entry.get() == "bob: "
+    assert alice.window.entry.index("insert") == len("bob: ")
+    alice.key("Tab")
+    assert alice.window.entry.get() == "bobby: "
+    assert alice.root.focus_get() is alice.window.entry  # Tab did not move the focus
+    alice.type("/na")
+    alice.key("Tab")
+    assert alice.window.entry.get() == "/names "
+
+
+def test_a_refused_name_asks_for_another(gui, server, others):
+    others("alice")
+    dialog = gui.app.show_connect_dialog(ServerAddress(*server.address))
+    dialog.name.set("alice")
+    dialog.connect_button.invoke()
+    prompt = gui.wait_until(lambda: isinstance(gui.app.dialog, Prompt) and gui.app.dialog,
+                            lambda: gui.app.dialog)
+    prompt.answer.set("alice2")
+    prompt.ok_button.invoke()
+    gui.wait_for("you joined the room as alice2")
+
+
+def test_a_server_restart_is_shown_and_the_conversation_goes_on(gui, make_server, others):
+    first = make_server()
+    address = first.address
+    connect_through_dialog(gui, address)
+    gui.say("before the restart")
+    gui.wait_until(lambda: "pending" not in gui.tags_at(gui.window.room, "before the restart"),
+                   gui.status)
+    first.shutdown()
+    gui.wait_for("disconnected")
+    gui.wait_until(lambda: "reconnecting" in gui.status(), gui.status)
+    gui.wait_for("reconnecting in 0.5 s (attempt 1)")
+    gui.say("typed while away")  # not lost: back in the input line
+    assert gui.window.entry.get() == "typed while away"
+    assert "not connected" in gui.room_text()
+
+    second = ChatServer(*address, TEST_LIMITS).start()  # the same port again
+    try:
+        gui.wait_for("you are back in the room as alice", deadline=RECONNECT_DEADLINE)
+        assert gui.members() == ["alice"]
+        bob = others("bob", address)
+        bob.send("MSG welcome back")
+        gui.wait_for("welcome back")
+        gui.key("Return")  # the draft kept in the input line goes out now
+        read_until(bob, "MSG alice typed while away")
+    finally:
+        gui.app.close()
+        second.shutdown()
+
+
+SCREENSHOT_ENV = "CHAT_GUI_SCREENSHOT"
+
+
+def test_screenshot_of_a_three_person_conversation(gui, server, others, x_display, tmp_path):
+    """A window with a conversation in it, as a PNG. By default to a temporary
+    file; CHAT_GUI_SCREENSHOT=docs/gui.png makes the README's picture."""
+    importer = shutil.which("import")
+    if importer is None:
+        pytest.fail("ImageMagick's import is needed for the screenshot (.ci/run installs it)")
+    gui.wall_clock.at = time.mktime((2026, 11, 30, 9, 41, 0, 0, 0, -1))
+    gui.root.geometry("860x520+0+0")
+    connect_through_dialog(gui, server.address, "alice")
+    bob = others("bob")
+    carol = others("carol")
+    conversation = [
+        (bob, "MSG morning! did the release go out?"),
+        (None, "it did, 1.0 is tagged"),
+        (carol, "MSG nice work, alice!"),
+        (bob, "ACT raises a coffee"),
+        (None, "thanks both. carol: the notes are in the README"),
+        (carol, "MSG on it"),
+    ]
+    for who, line in conversation:
+        gui.wall_clock.at += 37
+        if who is None:
+            gui.say(line)
+            gui.wait_until(lambda line=line: "pending" not in gui.tags_at(gui.window.room, line),
+                           gui.status)
+        elif line.startswith("ACT "):
+            who.send(line)
+            who.barrier()  # A server without ACT ([ACT-1]) refuses it: then nothing shows.
+        else:
+            who.send(line)
+            gui.wait_for(line.split(" ", 1)[1])
+    bob.send("PM alice lunch at noon?")
+    gui.wait_until(lambda: len(gui.window.tab_titles()) == 2, gui.window.tab_titles)
+    gui.type("sounds good")
+    gui.wait_until(lambda: "lag" in gui.status(), gui.status)
+    gui.root.update()
+
+    path = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "gui.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([importer, "-window", gui.root.wm_frame(), str(path)], check=True, timeout=30,
+                   env={**os.environ, "DISPLAY": x_display})
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert (width, height) == (gui.root.winfo_width(), gui.root.winfo_height()) == (860, 520)
