@@ -91,6 +91,7 @@ from chat.limits import DEFAULT_LINE_MAX
 from chat.protocol import (
     VERSION,
     ErrorCode,
+    ServerAct,
     ServerEndNames,
     ServerErr,
     ServerHello,
@@ -98,6 +99,7 @@ from chat.protocol import (
     ServerLeave,
     ServerMsg,
     ServerNames,
+    ServerNick,
     ServerOk,
     ServerPing,
     ServerPm,
@@ -497,6 +499,13 @@ class ClientCore:
         return sorted(self._members.values(), key=lambda name: (name_key(name), name))
 
     @property
+    def outstanding(self) -> int:
+        """Commands sent whose reply has not come yet: a front end feeding a
+        script's lines may keep this small, so a flood-delayed server ([LIMIT-4])
+        is not handed thousands of lines at once."""
+        return len(self._owed)
+
+    @property
     def connected_now(self) -> bool:
         return self._state in (_State.GREETING, _State.REGISTERING, _State.REGISTERED)
 
@@ -761,12 +770,14 @@ class ClientCore:
         return [Left(leave.name, leave.reason, own=own)]
 
     def _on_msg(self, msg: ServerMsg, now: float) -> list[Effect]:
-        if msg.sender == self.name:
-            acked = self._ack("MSG", now)
-            if acked:
-                return acked
-        return [Message(msg.sender, msg.text, own=msg.sender == self.name,
-                        mention=msg.sender != self.name and mentions(msg.text, self.name))]
+        return self._room_text("MSG", Message, msg.sender, msg.text, now)
+
+    def _room_text(self, verb: str, kind: type[Message] | type[Action], sender: str, text: str,
+                   now: float) -> list[Effect]:
+        """A MSG or ACT: the echo of ours (Acked), or one to show."""
+        own = sender == self.name
+        acked = self._ack(verb, now) if own else []
+        return acked or [kind(sender, text, own=own, mention=not own and mentions(text, self.name))]
 
     def _on_pm(self, pm: ServerPm, now: float) -> list[Effect]:
         if pm.sender == self.name:
@@ -782,6 +793,21 @@ class ClientCore:
             return []
         owed = self._owed.popleft()
         return [Acked(owed.id, now - owed.sent_at)]
+
+    def _on_act(self, act: ServerAct, now: float) -> list[Effect]:
+        return self._room_text("ACT", Action, act.sender, act.text, now)
+
+    def _on_nick(self, nick: ServerNick, now: float) -> list[Effect]:
+        own = self.registered and nick.old == self.name
+        if own:
+            self._pop("NICK")
+            self.name = nick.new
+        self._members.pop(name_key(nick.old), None)
+        self._members[name_key(nick.new)] = nick.new
+        # A private conversation follows its peer to the new name ([NICK-2]).
+        if self.query is not None and name_key(self.query) == name_key(nick.old):
+            self.query = nick.new
+        return [NickChanged(nick.old, nick.new, own=own)]
 
     def _on_names(self, names: ServerNames, now: float) -> list[Effect]:
         self._names_collected += names.names
@@ -989,4 +1015,6 @@ _HANDLERS = {
     ServerPing: ClientCore._on_ping,
     ServerPong: ClientCore._on_pong,
     ServerErr: ClientCore._on_err,
+    ServerNick: ClientCore._on_nick,
+    ServerAct: ClientCore._on_act,
 }

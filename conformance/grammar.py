@@ -51,6 +51,9 @@ SERVER_LINE = re.compile("|".join(f"(?:{form})" for form in (
     rf"PONG {TOKEN}",
     r"OK PASS",
     rf"ERR {CODE} {TEXT}",
+    # The optional commands of SPEC.md 6.8 (sent only by servers that advertise them).
+    rf"NICK {NAME} {NAME}",
+    rf"ACT {NAME} {TEXT}",
 )))
 
 _NAME_RE = re.compile(NAME)

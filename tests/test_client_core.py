@@ -30,6 +30,7 @@ from chat.client_core import (
     Lost,
     Message,
     Names,
+    NickChanged,
     Notice,
     Private,
     QueryClosed,
@@ -204,6 +205,7 @@ def test_own_message_shows_once_pending_then_acknowledged_by_its_echo():
     core = registered_core()
     assert core.user_input("hello", 1.0) == [
         Send("MSG hello"), Message("alice", "hello", own=True, pending=True, id=1)]
+    assert core.outstanding == 1
     # [MSG-2]: the echo is the acknowledgement, not a second message.
     assert core.line_received("MSG alice hello", 1.25) == [Acked(1, 0.25)]
 
@@ -354,6 +356,31 @@ def test_me_sends_act_when_the_server_has_it():
     core = registered_core()
     assert core.user_input("/me waves", 0.0) == [
         Send("ACT waves"), Action("alice", "waves", own=True, pending=True, id=1)]
+
+
+def test_own_action_is_acknowledged_by_its_echo_and_others_are_shown():
+    core = registered_core()
+    core.user_input("/ME waves", 1.0)
+    assert core.line_received("ACT alice waves", 1.5) == [Acked(1, 0.5)]
+    assert core.line_received("ACT alice again", 2.0) == [Action("alice", "again", own=True)]
+    assert core.line_received("ACT bob pokes alice", 2.0) == [
+        Action("bob", "pokes alice", mention=True)]
+
+
+def test_own_nick_renames_us_and_others_follow_in_members_and_query():
+    core = registered_core()
+    core.user_input("/query bob", 0.0)
+    assert core.user_input("/nick carol", 0.0) == [Send("NICK carol")]
+    assert core.line_received("NICK alice carol", 0.0) == [NickChanged("alice", "carol", own=True)]
+    assert core.name == "carol"
+    # Our new name is what mentions and echoes are matched against.
+    assert core.line_received("MSG bob hi carol", 0.0)[0].mention
+    assert core.line_received("NICK bob Bobby", 0.0) == [NickChanged("bob", "Bobby")]
+    assert core.members == ["Bobby", "carol"] and core.query == "Bobby"
+    assert core.line_received("NICK dave erin", 0.0) == [NickChanged("dave", "erin")]
+    assert core.query == "Bobby"
+    core.user_input("/query", 0.0)
+    assert core.line_received("NICK Bobby bob", 0.0) == [NickChanged("Bobby", "bob")]
 
 
 def test_me_and_nick_against_a_server_without_the_features_say_so():

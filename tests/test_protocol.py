@@ -196,7 +196,7 @@ def test_hello_advertises_every_limit_in_order():
     hello = protocol.format_hello(Limits(register_timeout=7, password="pw"))
     assert hello == (b"HELLO chat/1 line-max=1024 name-max=32 max-clients=1000 max-per-address=10 "
                      b"register-timeout=7 ping-interval=60 ping-timeout=30 flood-rate=10 "
-                     b"flood-burst=20 outbound-max=262144 password=1\n")
+                     b"flood-burst=20 outbound-max=262144 password=1 nick=1 action=1\n")
 
 
 @pytest.mark.parametrize("field, value", [("register_timeout", 0.5), ("flood_rate", -1), ("line_max", "9")])
@@ -287,3 +287,45 @@ def test_server_hello_param_with_default():
     ("BAD_PASSWORD", True), ("NAME_TAKEN", False), ("SOME_FUTURE_CODE", False)])
 def test_server_err_knows_which_codes_close(code, closes):
     assert protocol.ServerErr(code, "").closes is closes
+
+
+@pytest.mark.parametrize("line, command", [
+    (b"NICK carol", protocol.Nick("carol")),
+    (b"NICK 9x", protocol.Nick("9x")),  # The room checks the name ([NICK-3]).
+    (b"ACT  waves ", protocol.Act(" waves ")),
+])
+def test_optional_commands_parse_where_offered(line, command):
+    assert protocol.parse_command(line, frozenset({"NICK", "ACT"})) == command
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"NICK", ErrorCode.BAD_SYNTAX), (b"ACT", ErrorCode.BAD_SYNTAX), (b"ACT  ", ErrorCode.BAD_SYNTAX)])
+def test_optional_commands_syntax(line, code):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.parse_command(line, frozenset({"NICK", "ACT"}))
+    assert raised.value.code is code
+
+
+@pytest.mark.parametrize("line", [b"NICK carol", b"NICK", b"ACT x"])
+def test_optional_commands_not_offered_are_unknown(line):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.parse_command(line)
+    assert raised.value.code is ErrorCode.UNKNOWN_COMMAND
+
+
+@pytest.mark.parametrize("line, value", [
+    ("NICK alice carol", protocol.ServerNick("alice", "carol")),
+    ("ACT alice waves  hi", protocol.ServerAct("alice", "waves  hi")),
+])
+def test_optional_server_lines_are_typed(line, value):
+    assert protocol.parse_server_line(line) == value
+
+
+@pytest.mark.parametrize("line", ["NICK alice", "NICK alice 9x", "ACT alice", "ACT 9x hi"])
+def test_broken_optional_server_lines_are_unknown(line):
+    assert protocol.parse_server_line(line) == protocol.ServerUnknown(line)
+
+
+def test_optional_server_lines_format():
+    assert protocol.format_nick("alice", "carol") == b"NICK alice carol\n"
+    assert protocol.format_act("alice", "waves") == b"ACT alice waves\n"
