@@ -1,11 +1,11 @@
 """The GUI's glue: the client core, the connection's events and the window, on Tk's main loop.
 
 Everything here runs on the main thread. The core (chat/client_core.py)
-decides; this module carries out its effects: a Send goes to the
-connection's writer, a Connect starts a Connection (chat/gui/connection.py),
-a Message becomes a line in a tab (chat/gui/window.py). The connection's
-threads never call in: they put events on `events`, and poll() drains the
-queue every POLL_INTERVAL_MS with after(), as IDLE does, and ticks the core.
+decides; this module carries out its effects: a Connect opens a connection
+through the Link (chat/gui/connection.py), a Send goes to that connection's
+Writer, a Message becomes a line in a tab (chat/gui/window.py). The socket's
+threads never call in: they put events on the Link's queue, and poll()
+drains it every POLL_INTERVAL_MS with after(), as IDLE does, and ticks the core.
 """
 
 from __future__ import annotations
@@ -15,18 +15,12 @@ import random
 import time
 import tkinter as tk
 from collections.abc import Callable
+from pathlib import Path
 
 from chat import client_core as core
+from chat.cli import THREAD_JOIN_TIMEOUT, History, Link
 from chat.client_core import TICK_INTERVAL, ClientCore
-from chat.gui.connection import (
-    Closed,
-    Connection,
-    ConnectionEvent,
-    LineArrived,
-    Opened,
-    OpenFailed,
-    ServerAddress,
-)
+from chat.gui.connection import ServerAddress, Writer
 from chat.gui.dialogs import ConnectDialog, Prompt
 from chat.gui.window import ChatWindow, Conversation, name_tag
 
@@ -56,26 +50,33 @@ class ChatApp:
     `clock` is monotonic seconds (the core's `now`), `wall_clock` what the
     timestamps show, `jitter` the reconnect backoff's random draw; tests may
     pin them. `on_quit(status)` runs when the session is over (by default
-    the window goes away, and main() exits with `status`).
+    the window goes away, and main() exits with `status`). The input history
+    is the CLI's, per name, in `history_dir` (default: the platform's state
+    folder, chat.cli.state_dir()).
     """
 
     def __init__(self, root: tk.Tk, *, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
                  jitter: Callable[[], float] = random.random,
-                 on_quit: Callable[[int], None] | None = None) -> None:
+                 on_quit: Callable[[int], None] | None = None,
+                 history_dir: Path | None = None) -> None:
         self.root = root
         self._clock = clock
         self._wall_clock = wall_clock
         self._jitter = jitter
         self._on_quit = on_quit or (lambda status: root.destroy())
+        self._history_dir = history_dir
+        self._history: History | None = None
         self.window = ChatWindow(root, on_enter=self._entered, on_complete=self._complete,
                                  on_select=self._selected, on_open=self._open_private,
                                  on_close_tab=self._close_private)
         root.protocol("WM_DELETE_WINDOW", self.request_quit)
         self.core: ClientCore | None = None
         self.address: ServerAddress | None = None
-        self.connection: Connection | None = None
-        self.events: queue.Queue[ConnectionEvent] = queue.Queue()
+        self.link: Link | None = None
+        #: The open connection's writer, if one is open.
+        self.writer: Writer | None = None
+        self._writers: list[Writer] = []
         #: The open dialog or prompt, if any (tests answer it through its widgets).
         self.dialog: ConnectDialog | Prompt | None = None
         #: The exit status, once the session is over.
@@ -118,22 +119,23 @@ class ChatApp:
         self.dialog = None
         self.address = address
         self.core = ClientCore(name, password)
+        self.link = Link(address.connector())
+        if hasattr(self.root, "createfilehandler"):
+            # Woken by the Link's pipe, a line shows (and a lag is measured)
+            # at once rather than at the next poll. Tk on Windows has no file
+            # handlers: there the poll alone serves.
+            self.root.createfilehandler(self.link.wake_read, tk.READABLE,
+                                        lambda fd, mask: self._drain())
+        self._history = History(name, self._history_dir)
+        self.window.editor.history[:] = self._history.load()
         self.root.title(f"{name} \N{EM DASH} chat/1 on {address}")
         self.apply(self.core.start(self._clock()))
 
     # -- the main loop's side --------------------------------------------------------
 
     def poll(self) -> None:
-        """Handle what the connection reported, tick the core, and come back later."""
-        handled = 0
-        while handled < EVENTS_PER_POLL:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                break
-            handled += 1
-            if event.connection is self.connection:
-                self._handle(event)
+        """Handle what the Link reported, tick the core, and come back later."""
+        handled = self._drain()
         now = self._clock()
         if self.core is not None and now - self._last_tick >= TICK_INTERVAL / 2:
             self._last_tick = now
@@ -143,18 +145,45 @@ class ChatApp:
             delay = 1 if handled == EVENTS_PER_POLL else POLL_INTERVAL_MS
             self._poll_id = self.root.after(delay, self.poll)
 
-    def _handle(self, event: ConnectionEvent) -> None:
-        assert self.core is not None
+    def _drain(self) -> int:
+        """Handle up to EVENTS_PER_POLL of the Link's events; how many there were."""
+        handled = 0
+        if self.link is None:
+            return handled
+        self.link.drain_wake()
+        while handled < EVENTS_PER_POLL and self.link is not None:
+            try:
+                kind, generation, value = self.link.events.get_nowait()
+            except queue.Empty:
+                break
+            handled += 1
+            self._handle(kind, generation, value)
+        return handled
+
+    def _handle(self, kind: str, generation: int, value) -> None:
+        """One of the Link's events (see chat.cli.Link)."""
+        assert self.core is not None and self.link is not None
+        if generation != self.link.generation:
+            if kind == "connected":
+                value.close()  # A connection nobody wants any more.
+            return
         now = self._clock()
-        if isinstance(event, LineArrived):
-            self.apply(self.core.line_received(event.line, now))
-        elif isinstance(event, Opened):
+        if kind == "line":
+            self.apply(self.core.line_received(value, now))
+        elif kind == "connected":
+            self.link.adopt(value, generation)
+            self.writer = Writer(value)
+            self._writers.append(self.writer)
             self.apply(self.core.connected(now))
-        elif isinstance(event, OpenFailed):
-            self.connection = None
-            self.apply(self.core.connect_failed(event.reason, now, self._jitter()))
-        elif isinstance(event, Closed):
-            self.connection = None
+        elif kind == "connect_failed":
+            self.apply(self.core.connect_failed(value, now, self._jitter()))
+        elif kind == "overlong":
+            self._note(self.window.room, "the server sent an overlong line; skipped")
+        else:  # "lost"
+            self.link.stream = None
+            if self.writer is not None:
+                self.writer.stop()
+                self.writer = None
             self.apply(self.core.connection_lost(now, self._jitter()))
 
     def apply(self, effects: list[core.Effect], where: Conversation | None = None) -> None:
@@ -177,6 +206,8 @@ class ChatApp:
         if self.core is None:
             self.window.set_input(text)
             return
+        if self._history is not None:
+            self._history.save(self.window.editor.history)
         self.apply(self.core.user_input(text, self._clock(), to=peer), where)
 
     def _complete(self, text: str, cursor: int) -> tuple[str, int]:
@@ -210,18 +241,17 @@ class ChatApp:
     # -- effects: what to do -------------------------------------------------------------
 
     def _send(self, effect: core.Send) -> None:
-        if self.connection is not None:
-            self.connection.send(effect.line)
+        if self.writer is not None:
+            self.writer.send(effect.line)
 
     def _connect(self, effect: core.Connect) -> None:
         assert self.address is not None
         self._reconnect_at = None
         self._state = "connecting" + (f" (attempt {self._attempt})" if self._attempt else "")
-        self.connection = Connection(self.address, self.events).start()
+        self.link.open()
 
     def _disconnect(self, effect: core.Disconnect) -> None:
-        if self.connection is not None:
-            self.connection.close()
+        self.link.close()
 
     def _ask_name(self, effect: core.AskName) -> None:
         self._ask(self.core.name_given, title="Choose a name", initial=self.core.name or "",
@@ -270,15 +300,22 @@ class ChatApp:
         self._on_quit(effect.status)
 
     def close(self) -> None:
-        """Stop polling and end the connection, waiting for its threads."""
+        """Stop polling and end the connection, waiting (bounded) for its threads."""
         if self.status is None:
             self.status = 1
         if self._poll_id is not None:
             self.root.after_cancel(self._poll_id)
             self._poll_id = None
-        if self.connection is not None:
-            self.connection.close_and_wait()
-            self.connection = None
+        if self.link is not None:
+            if hasattr(self.root, "deletefilehandler"):
+                self.root.deletefilehandler(self.link.wake_read)
+            self.link.finish()  # Shuts the stream down: each writer's next write fails.
+            self.link = None
+        for writer in self._writers:
+            writer.stop()
+            writer.join(THREAD_JOIN_TIMEOUT)
+        self._writers.clear()
+        self.writer = None
 
     # -- effects: what to show -------------------------------------------------------------
 

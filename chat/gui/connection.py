@@ -1,20 +1,22 @@
-"""The GUI's socket side: one connection, its two threads, and the events they report.
+"""The GUI's socket side: the CLI's Link for opening and reading, and a writer thread.
 
-Tk is not thread-safe, and a blocking recv() or connect() in Tk's main loop
-freezes the window. So, as IDLE does, the socket lives in worker threads and
-the main loop only ever sees events on a queue.Queue, which it drains with
+Tk is not thread-safe, and a blocking connect(), recv() or send() in Tk's
+main loop freezes the window. So, as IDLE does, the socket lives in worker
+threads and the main loop only sees events on a queue, which it drains with
 after() (chat/gui/app.py):
 
-    reader thread   opens the connection (TCP, then TLS if asked: both can
-                    take seconds), then reads, cuts lines and puts one event
-                    per line. Reports Opened or OpenFailed first, Closed last.
-    writer thread   sends the lines the main thread hands it (send() only
-                    queues them), so a server that stops reading can fill the
-                    socket's buffer without freezing the window.
+    chat.cli.Link   the CLI's own socket side, shared: it opens each
+                    connection in a thread (with chat/client.py's connect(),
+                    TLS and certificate checks included) and reads it in
+                    another, putting (kind, generation, value) events on
+                    its queue
+    Writer          one thread per connection that sends the lines the main
+                    thread hands it. The CLI sends from its main loop; the GUI
+                    does not, so that a server that stops reading can fill the
+                    socket's buffer without freezing the window
 
-The main thread calls send() and close(), nothing else. The connection is
-opened with chat/client.py's connect(), the CLI's own code, so that both
-clients speak TLS (and check certificates) the same way. No widget here.
+The main thread calls Writer.send() and Link's open(), adopt(), close(),
+finish(); nothing here touches a widget.
 """
 
 from __future__ import annotations
@@ -22,15 +24,9 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+from collections.abc import Callable
 
-from chat.client import SERVER_LINE_LIMIT, PlainStream, connect
-from chat.protocol import LineBuffer
-
-#: Seconds close_and_wait() waits for each thread. A closed socket wakes
-#: the reader at once; only a connect() under way can hold it longer (up to
-#: the CLI's CONNECT_TIMEOUT), and the threads are daemons, so a window
-#: closed meanwhile does not wait for them.
-JOIN_TIMEOUT = 5.0
+from chat import client
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,113 +41,38 @@ class ServerAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-
-# Events, put on the queue by the reader thread. Each names its connection, so
-# that the main loop can drop the late events of a connection it replaced.
-
-@dataclasses.dataclass(frozen=True)
-class Opened:
-    connection: Connection
+    def connector(self) -> Callable[[], client.PlainStream]:
+        """What Link calls, in its thread, to open a connection."""
+        return lambda: client.connect(self.host, self.port, self.tls, self.cafile)
 
 
-@dataclasses.dataclass(frozen=True)
-class OpenFailed:
-    connection: Connection
-    reason: str
+class Writer:
+    """Sends lines to one connection's stream from a thread of its own.
 
+    send() only queues (the main thread never waits for the socket); after
+    stop(), the thread ends once what was queued is written. A failed write shuts the
+    stream down, so the Link's reader sees the end and reports it."""
 
-@dataclasses.dataclass(frozen=True)
-class LineArrived:
-    connection: Connection
-    line: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Closed:
-    connection: Connection
-
-
-ConnectionEvent = Opened | OpenFailed | LineArrived | Closed
-
-
-class Connection:
-    """One connection to the server, from connect() to its end.
-
-    Events: Opened or OpenFailed, then LineArrived for each line, then Closed
-    (after Opened only). A server line longer than the CLI accepts is dropped,
-    as the CLI drops it.
-    """
-
-    def __init__(self, address: ServerAddress, events: queue.Queue) -> None:
-        self.address = address
-        self._events = events
-        self._outgoing: queue.Queue[bytes | None] = queue.Queue()
-        #: Guards _stream and _closing between the main thread and the reader.
-        self._lock = threading.Lock()
-        self._stream: PlainStream | None = None
-        self._closing = False
-        self._reader = threading.Thread(target=self._read_forever, name="gui-reader", daemon=True)
-        self._writer = threading.Thread(target=self._write_forever, name="gui-writer", daemon=True)
-
-    def start(self) -> Connection:
-        self._reader.start()
-        return self
+    def __init__(self, stream: client.PlainStream) -> None:
+        self._stream = stream
+        self._lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_forever, name="gui-writer", daemon=True)
+        self._thread.start()
 
     def send(self, line: str) -> None:
-        """Queue `line` (without its LF) for the server. Main thread; never blocks."""
-        self._outgoing.put(line.encode("utf-8") + b"\n")
+        self._lines.put(line.encode("utf-8") + b"\n")
 
-    def close(self) -> None:
-        """End the connection; Closed follows (if it was open). Main thread; never blocks."""
-        with self._lock:
-            self._closing = True
-            stream = self._stream
-        if stream is not None:
-            stream.shutdown()  # Wakes the reader from recv().
+    def stop(self) -> None:
+        """No more lines: the thread ends after writing those queued. Never blocks."""
+        self._lines.put(None)
 
-    def close_and_wait(self) -> None:
-        """close(), then wait for both threads (the window is going away)."""
-        self.close()
-        if self._reader.is_alive():
-            self._reader.join(JOIN_TIMEOUT)
-
-    # -- the threads -----------------------------------------------------------
-
-    def _read_forever(self) -> None:
-        try:
-            stream = connect(self.address.host, self.address.port, self.address.tls,
-                             self.address.cafile)
-        except OSError as error:  # ssl.SSLError too
-            self._events.put(OpenFailed(self, str(error.strerror or error)))
-            return
-        with self._lock:
-            self._stream = stream
-            closing = self._closing
-        if closing:
-            stream.close()  # Closed before it opened: nobody is waiting for it.
-            return
-        self._events.put(Opened(self))
-        self._writer.start()
-        lines = LineBuffer(SERVER_LINE_LIMIT)
-        try:
-            while data := stream.recv():
-                for item in lines.feed(data):
-                    if isinstance(item, bytes):
-                        self._events.put(LineArrived(self, item.decode("utf-8", errors="replace")))
-        except OSError:
-            pass  # Reset, or shut down by close(): the end either way.
-        finally:
-            self._outgoing.put(None)
-            self._writer.join()
-            stream.close()
-            self._events.put(Closed(self))
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def _write_forever(self) -> None:
-        stream = self._stream
-        assert stream is not None
-        while (data := self._outgoing.get()) is not None:
+        while (data := self._lines.get()) is not None:
             try:
-                stream.sendall(data)
+                self._stream.sendall(data)
             except OSError:
-                stream.shutdown()  # The reader then sees the end and reports it.
+                self._stream.shutdown()
                 return

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from tkinter import font as tkfont
 from tkinter import ttk
 
+from chat.cli import LineEditor
 from chat.protocol import name_key
 
 #: Name colours: eight hues told apart at a glance (more would give
@@ -189,7 +190,8 @@ class ChatWindow:
         self._on_select = on_select
         self._on_open = on_open
         self._on_close_tab = on_close_tab
-        self.history = InputHistory()
+        #: The CLI's line editor, for its history (Up/Down); the Entry does the editing.
+        self.editor = LineEditor()
         self.fonts = _make_fonts(root)
         root.title("chat/1")
         root.geometry("860x520")
@@ -224,8 +226,8 @@ class ChatWindow:
         self.entry.bind("<Return>", self._enter)
         self.entry.bind("<KP_Enter>", self._enter)
         self.entry.bind("<Tab>", self._complete)
-        self.entry.bind("<Up>", lambda event: self._browse(-1))
-        self.entry.bind("<Down>", lambda event: self._browse(+1))
+        self.entry.bind("<Up>", lambda event: self._browse("up"))
+        self.entry.bind("<Down>", lambda event: self._browse("down"))
         self.entry.bind("<Control-w>", self._close_current)
         self.entry.bind("<Control-Next>", lambda event: self._cycle(+1))
         self.entry.bind("<Control-Prior>", lambda event: self._cycle(-1))
@@ -333,7 +335,8 @@ class ChatWindow:
     def _enter(self, event: tk.Event) -> str:
         text = self.entry.get()
         if text.strip():
-            self.history.add(text)
+            self.editor.set(text)
+            self.editor.submit()
             self.entry.delete(0, "end")
             self._on_enter(text, self.current.peer)
         return "break"
@@ -343,10 +346,11 @@ class ChatWindow:
         self.set_input(text, cursor)
         return "break"  # Not the focus traversal Tab does by default.
 
-    def _browse(self, step: int) -> str:
-        text = self.history.browse(step, self.entry.get())
-        if text is not None:
-            self.set_input(text)
+    def _browse(self, key: str) -> str:
+        if self.entry.get() != self.editor.text:
+            self.editor.set(self.entry.get())  # Edited since: browse from here.
+        self.editor.edit(key)
+        self.set_input(self.editor.text)
         return "break"
 
     def _tab_changed(self, event: tk.Event) -> None:
@@ -375,37 +379,6 @@ class ChatWindow:
         selection = self.members.curselection()
         if selection:
             self._on_open(self.members.get(selection[0]))
-
-
-class InputHistory:
-    """What was entered, for Up and Down, as shells do: Up goes back, Down
-    comes forward, and past the newest entry the draft comes back."""
-
-    #: Entries kept: enough for a day's chat, small enough to never matter.
-    LIMIT = 500
-
-    def __init__(self) -> None:
-        self.entries: list[str] = []
-        self._position = 0
-        self._draft = ""
-
-    def add(self, text: str) -> None:
-        if not self.entries or self.entries[-1] != text:
-            self.entries.append(text)
-            del self.entries[:-self.LIMIT]
-        self._position = len(self.entries)
-        self._draft = ""
-
-    def browse(self, step: int, current: str) -> str | None:
-        """The entry `step` away from the one shown (which is `current`), or
-        None if there is none that way."""
-        position = self._position + step
-        if position < 0 or position > len(self.entries):
-            return None
-        if self._position == len(self.entries):
-            self._draft = current
-        self._position = position
-        return self._draft if position == len(self.entries) else self.entries[position]
 
 
 def _make_fonts(root: tk.Tk) -> dict[str, tkfont.Font]:
