@@ -11,9 +11,12 @@ deadline; nothing sleeps.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -137,10 +140,12 @@ def gui(x_display, tmp_path):
     """A chat window (no session yet); closed, with its threads, after the test."""
     root = tk.Tk()
     wall_clock = WallClock()
-    app = ChatApp(root, wall_clock=wall_clock, jitter=lambda: 0.0, on_quit=lambda status: None,
+    quit_statuses: list[int] = []
+    app = ChatApp(root, wall_clock=wall_clock, jitter=lambda: 0.0, on_quit=quit_statuses.append,
                   history_dir=tmp_path / "state")
     driver = Driver(app)
     driver.wall_clock = wall_clock
+    driver.quit_statuses = quit_statuses
     yield driver
     app.close()
     root.destroy()
@@ -279,6 +284,32 @@ def test_a_private_message_opens_its_own_tab_with_an_unread_mark(alice, server, 
     assert alice.window.tab_titles() == ["room"]
 
 
+def test_a_refused_message_is_struck_through_with_the_reason(alice):
+    alice.say("@nobody are you there?")
+    conversation = alice.window.find("nobody")
+    assert conversation is not None and alice.window.current is not conversation
+    alice.wait_until(lambda: "failed" in alice.tags_at(conversation, "are you there?"),
+                     conversation.contents)
+    assert "pending" not in alice.tags_at(conversation, "are you there?")
+    assert "refused: " in conversation.contents()
+
+
+def test_a_double_click_on_a_name_opens_a_private_tab(alice, server, others):
+    others("bob")
+    alice.wait_until(lambda: alice.members() == ["alice", "bob"], alice.members)
+    alice.root.update()  # laid out: the item has a place to click
+    x, y, width, height = alice.window.members.bbox(1)
+    for _ in range(2):  # a double click is two clicks, close in time and place
+        alice.window.members.event_generate("<ButtonPress-1>", x=x + 2, y=y + 2)
+        alice.window.members.event_generate("<ButtonRelease-1>", x=x + 2, y=y + 2)
+    alice.root.update()
+    assert alice.window.tab_titles() == ["room", "bob"]
+    assert alice.window.current.peer == "bob"
+    alice.key("Control-Next")  # the next tab, round to the room
+    alice.root.update()
+    assert alice.window.current.peer is None
+
+
 def test_query_opens_a_tab_and_query_alone_closes_it(alice, server, others):
     others("bob")
     alice.wait_until(lambda: "bob" in alice.members(), alice.members)
@@ -371,6 +402,102 @@ def test_a_server_restart_is_shown_and_the_conversation_goes_on(gui, make_server
     finally:
         gui.app.close()
         second.shutdown()
+
+
+def test_own_action_and_a_rename_show_in_the_room_and_the_list(alice, server, others):
+    bob = others("bob")
+    bob.send("PM alice psst")
+    alice.wait_until(lambda: alice.window.find("bob") is not None, alice.window.tab_titles)
+    alice.say("/me waves")
+    assert "alice waves" in alice.room_text().replace("\t", " ").replace("  ", " ")
+    assert "pending" in alice.tags_at(alice.window.room, "waves")
+    read_until(bob, "ACT alice waves")
+    alice.wait_until(lambda: "pending" not in alice.tags_at(alice.window.room, "waves"),
+                     lambda: alice.tags_at(alice.window.room, "waves"))
+
+    bob.send("NICK robert")
+    alice.wait_for("bob is now robert")
+    assert alice.members() == ["alice", "robert"]
+    assert alice.window.tab_titles() == ["room", "robert (1!)"]  # the private tab follows
+    alice.say("/nick alicia")
+    alice.wait_for("you are now alicia")
+    assert alice.members() == ["alicia", "robert"]
+    assert "alicia on " in alice.status()
+    assert "alicia" in alice.root.title()
+
+
+def test_a_long_paste_asks_first_then_goes_out_line_by_line(alice, server, others):
+    bob = others("bob")
+    lines = [f"line {n}" for n in range(1, 8)]
+    alice.type("\n".join(lines))
+    alice.key("Return")
+    prompt = alice.wait_until(lambda: isinstance(alice.app.dialog, Prompt) and alice.app.dialog,
+                              lambda: alice.app.dialog)
+    assert "Send these 7 lines to the room" in prompt.message.cget("text")
+    prompt.ok_button.invoke()  # Yes
+    for line in lines:
+        read_until(bob, f"MSG alice {line}")
+
+
+def test_a_room_password_is_asked_for(gui, make_server):
+    server = make_server(dataclasses.replace(TEST_LIMITS, password="sesame"))
+    dialog = gui.app.show_connect_dialog(ServerAddress(*server.address))
+    dialog.name.set("alice")
+    dialog.connect_button.invoke()
+    prompt = gui.wait_until(lambda: isinstance(gui.app.dialog, Prompt) and gui.app.dialog,
+                            lambda: gui.app.dialog)
+    assert prompt.entry.cget("show") == "\N{BULLET}"
+    prompt.answer.set("sesame")
+    prompt.ok_button.invoke()
+    gui.wait_for("you joined the room as alice")
+
+
+def test_tls_with_the_servers_ca_file(gui, tmp_path):
+    trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    cafile = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(cafile))
+    server = ChatServer("127.0.0.1", None, TEST_LIMITS, tls_context=context, tls_port=0).start()
+    try:
+        dialog = gui.app.show_connect_dialog(ServerAddress(*server.tls_address))
+        dialog.name.set("alice")
+        dialog.tls_button.invoke()
+        assert str(dialog.cafile_entry.cget("state")) == "normal"
+        dialog.cafile.set(str(cafile))
+        dialog.connect_button.invoke()
+        gui.wait_for("you joined the room as alice")
+        assert "(with TLS)" in gui.room_text()
+        assert "(TLS)" in gui.status()
+    finally:
+        gui.app.close()
+        server.shutdown()
+
+
+def test_the_window_answers_while_the_connection_hangs(gui):
+    """A TLS handshake that never ends happens in the Link's thread: the
+    window goes on taking keys and drawing meanwhile."""
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never accepts, never speaks
+    try:
+        gui.app.begin(ServerAddress(*silent.getsockname()[:2], tls=True), "alice", None)
+        gui.wait_until(lambda: "connecting" in gui.status(), gui.status)
+        gui.say("/help")  # not connected: handled by the core at once
+        assert "Type a message" in gui.room_text()
+        gui.key("Up")
+        assert gui.window.entry.get() == "/help"
+        assert "connecting" in gui.status()
+    finally:
+        silent.close()  # resets the connection: the handshake fails, the thread ends
+    gui.wait_for("cannot connect")
+
+
+def test_closing_the_window_leaves_the_room(alice, server, others):
+    bob = others("bob")
+    alice.app.request_quit()
+    read_until(bob, "LEAVE alice quit")
+    alice.wait_until(lambda: alice.quit_statuses, lambda: alice.app.status)
+    assert alice.quit_statuses == [0]
 
 
 SCREENSHOT_ENV = "CHAT_GUI_SCREENSHOT"

@@ -134,7 +134,8 @@ class Prompt:
         self.window.protocol("WM_DELETE_WINDOW", lambda: self._answer(None))
         frame = ttk.Frame(self.window, padding=16)
         frame.pack(fill="both", expand=True)
-        ttk.Label(frame, text=message, wraplength=360, justify="left").pack(anchor="w")
+        self.message = ttk.Label(frame, text=message, wraplength=360, justify="left")
+        self.message.pack(anchor="w")
         self.answer = tk.StringVar(self.window, initial)
         self.entry: ttk.Entry | None = None
         if entry:
