@@ -392,8 +392,12 @@ class Link:
             thread.join(THREAD_JOIN_TIMEOUT)
         if self.stream is not None:
             self.stream.close()
-        os.close(self.wake_read)
-        os.close(self._wake_write)
+        if not any(thread.is_alive() for thread in self._threads):
+            # Else a thread still stuck in connect() could later write its
+            # wake byte into whatever file reused the number; the process is
+            # ending anyway.
+            os.close(self.wake_read)
+            os.close(self._wake_write)
 
     def drain_wake(self) -> None:
         try:

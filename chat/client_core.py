@@ -74,7 +74,14 @@ the server give up meanwhile, the core connects again once the name is given.
 Members: `core.members` is who is online (sorted), kept up to date by JOIN,
 LEAVE, NICK and the NAMES list the core asks for after each registration.
 `core.name` is our name, `core.lag` the latest lag in seconds (None before the
-first measurement), `core.features` what the server advertises (HELLO).
+first measurement), `core.features` what the server advertises (HELLO),
+`core.query` the private conversation plain text goes to (None: the room),
+`core.registered` whether we are in the room now, `core.outstanding` how many
+commands await their reply.
+
+Who owns what: the front end owns the socket (and TLS), its threads, the
+screen and the clock; it calls the core from one thread only (the core has
+no lock). The core owns the conversation's state and every decision.
 """
 
 from __future__ import annotations
@@ -155,7 +162,8 @@ Tab completes names. //text sends /text; a line starting with a space is sent as
 #: The commands, for Tab at the start of the input.
 COMMANDS = ("/clear", "/help", "/me", "/msg", "/names", "/nick", "/query", "/quit", "/users")
 
-#: What a Reconnecting reason or Disconnected reason says for closing ERRs.
+#: Closing ERRs after which connecting again cannot help: a wrong password
+#: would only be refused again ([PASS-3]).
 _FATAL_ERRORS = frozenset({ErrorCode.BAD_PASSWORD.value})
 
 
@@ -596,7 +604,7 @@ class ClientCore:
 
     def _typed(self, line: str, target: str | None, now: float) -> list[Effect]:
         stripped = line.strip()
-        if stripped.lower() == "exit":
+        if line.rstrip().lower() == "exit":  # " exit", with its space, is text.
             return self.quit(now)
         if line.startswith("//"):
             return self._say(line[1:], target, now)

@@ -31,7 +31,12 @@ import time
 from collections.abc import Callable
 
 from conformance.case import CaseContext, python_case
-from conformance.grammar import HELLO_PARAMETERS, hello_order_problems, parse_hello
+from conformance.grammar import (
+    HELLO_PARAMETERS,
+    OPTIONAL_COMMAND_PARAMETERS,
+    hello_order_problems,
+    parse_hello,
+)
 from conformance.outcome import CaseCancelled, CheckFailed
 from conformance.peer import Closed, Line, Peer, TimedOut, describe
 
@@ -465,7 +470,7 @@ def users_snapshot(ctx: CaseContext) -> None:
 # -- 6.8 Optional commands ------------------------------------------------------------------------------
 
 #: The optional commands of SPEC.md 6.8: HELLO parameter -> a line using the verb.
-OPTIONAL_COMMANDS = {"nick": "NICK somebody", "action": "ACT waves"}
+OPTIONAL_COMMANDS = dict(zip(OPTIONAL_COMMAND_PARAMETERS, ("NICK somebody", "ACT waves"), strict=True))
 
 
 @python_case("optional-commands-not-advertised", covers=["CMD-5"], quote=[

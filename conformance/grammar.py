@@ -23,6 +23,9 @@ HELLO_PARAMETERS = (
     "ping-interval", "ping-timeout", "flood-rate", "flood-burst", "outbound-max", "password",
 )
 
+#: HELLO parameters of the optional commands (SPEC.md 6.8, [CMD-4]): 1 means offered.
+OPTIONAL_COMMAND_PARAMETERS = ("nick", "action")
+
 # -- the grammar, as regular expressions over decoded text ---------------------------
 
 # utf8-nonascii: any code point >= U+00A0 other than U+061C, U+200E, U+200F,

@@ -338,20 +338,28 @@ def test_a_stalled_server_shows_as_growing_lag_and_the_message_as_pending(termin
 
 
 @pytest.mark.timeout(40)
-def test_after_a_server_restart_the_client_reconnects_with_its_name_and_draft(make_server, terminals):
+def test_after_a_server_restart_two_people_reconnect_with_their_names_and_drafts(make_server, terminals):
     first = make_server()
     port = first.address[1]
     alice = terminals(port, "--name", "alice")
     alice.wait_for(r"\* online \(1\): alice")
+    bob = terminals(port, "--name", "bob")
+    bob.wait_for(r"\* online \(2\): alice, bob")
     alice.type("half-typed")
     first.shutdown()
-    alice.wait_for(r"\* disconnected: the server is shutting down")
-    alice.wait_for(r"\* reconnecting in \d+\.\d s \(attempt 1\)")
+    for person in (alice, bob):
+        person.wait_for(r"\* disconnected: the server is shutting down")
+        person.wait_for(r"\* reconnecting in \d+\.\d s \(attempt 1\)")
     second = ChatServer("127.0.0.1", port, TEST_LIMITS).start()
     try:
-        alice.wait_for(r"\* online \(1\): alice\n(.*\n)*.*\* online \(1\): alice", deadline=15)
+        # Each attempt is said; then both are back, under their own names.
+        for person, name in ((alice, "alice"), (bob, "bob")):
+            person.wait_for(rf"\* disconnected: the server is shutting down\n(.*\n)*.*\* {name} joined",
+                            deadline=15)
         assert alice.input_row == "alice> half-typed"
-        assert alice.process.poll() is None
+        bob.type("we are back\r")
+        alice.wait_for(r"<bob> we are back$")
+        assert alice.process.poll() is None and bob.process.poll() is None
     finally:
         second.shutdown()
 

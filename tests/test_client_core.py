@@ -223,7 +223,7 @@ def test_a_refused_message_is_marked_failed():
         Failed(1, "NO_SUCH_USER", "zed is not online")]
 
 
-@pytest.mark.parametrize("typed", ["/quit", "/QUIT", "/Exit", "exit", "Exit", " EXIT "])
+@pytest.mark.parametrize("typed", ["/quit", "/QUIT", "/Exit", "exit", "Exit", "EXIT "])
 def test_quit_commands_are_case_insensitive_and_send_leave(typed):
     core = registered_core()
     assert core.user_input(typed, 0.0) == [Send("LEAVE")]
@@ -283,6 +283,7 @@ def test_double_slash_and_leading_space_send_text_as_is():
     core = registered_core()
     assert sends(core.user_input("//me is text", 0.0)) == ["MSG /me is text"]
     assert sends(core.user_input(" @not a pm", 0.0)) == ["MSG  @not a pm"]
+    assert sends(core.user_input(" exit", 0.0)) == ["MSG  exit"]
 
 
 def test_pasted_tab_becomes_spaces():
