@@ -500,6 +500,60 @@ def test_closing_the_window_leaves_the_room(alice, server, others):
     assert alice.quit_statuses == [0]
 
 
+@pytest.mark.timeout(60)
+def test_two_cli_users_and_one_gui_user_go_on_after_a_server_restart(gui, make_server, tmp_path):
+    """Issue 11's "done when": three people (two in the terminal, one in the
+    window) chat, the server restarts, all three come back under their own
+    names with what they were typing, and the conversation goes on."""
+    pytest.importorskip("pyte", reason="pyte emulates the terminal the CLI runs in (test extra)")
+    from tests.test_cli_screen import Terminal
+
+    first = make_server()
+    port = first.address[1]
+    connect_through_dialog(gui, first.address, "carol")
+    terminals = []
+    try:
+        for name in ("alice", "bob"):
+            terminals.append(Terminal(port, "--name", name, state=tmp_path / "state"))
+            gui.wait_for(f"{name} joined")
+        alice, bob = terminals
+        bob.wait_for(r"\* online \(3\): alice, bob, carol")
+        alice.type("half-typed")
+        gui.type("carol's draft")
+
+        first.shutdown()
+        gui.wait_for("disconnected: the server is shutting down")
+        gui.wait_for("reconnecting in")
+        for person in (alice, bob):
+            person.wait_for(r"\* reconnecting in \d+\.\d s \(attempt 1\)")
+        second = ChatServer("127.0.0.1", port, TEST_LIMITS).start()
+        try:
+            gui.wait_for("you are back in the room as carol", deadline=RECONNECT_DEADLINE)
+            gui.wait_until(lambda: gui.members() == ["alice", "bob", "carol"], gui.members,
+                           deadline=RECONNECT_DEADLINE)
+            for person, name in ((alice, "alice"), (bob, "bob")):
+                person.wait_for(rf"\* disconnected: the server is shutting down\n(.*\n)*.*\* {name} joined",
+                                deadline=RECONNECT_DEADLINE)
+            assert alice.input_row == "alice> half-typed"
+            assert gui.window.entry.get() == "carol's draft"
+
+            bob.type("we are back\r")
+            alice.wait_for(r"<bob> we are back$")
+            gui.wait_for("we are back")
+            gui.key("Return")
+            alice.wait_for(r"<carol> carol's draft$")
+            alice.type("\r")
+            gui.wait_for("half-typed")
+            bob.wait_for(r"<alice> half-typed$")
+            assert all(person.process.poll() is None for person in terminals)
+        finally:
+            gui.app.close()
+            second.shutdown()
+    finally:
+        for terminal in terminals:
+            terminal.close()
+
+
 SCREENSHOT_ENV = "CHAT_GUI_SCREENSHOT"
 
 
