@@ -261,6 +261,7 @@ def test_a_private_message_opens_its_own_tab_with_an_unread_mark(alice, server, 
     assert alice.window.tab_titles() == ["room", "bob (1!)"]
     conversation = alice.window.find("bob")
     assert "psst, alice" in conversation.contents()
+    assert "mention" not in alice.tags_at(conversation, "psst")  # all of it is for us: no highlight
     assert "psst" not in alice.room_text()  # kept apart from the room
     bob.send("PM alice another")
     alice.wait_for("another", conversation)
@@ -288,6 +289,7 @@ def test_a_refused_message_is_struck_through_with_the_reason(alice):
     alice.say("@nobody are you there?")
     conversation = alice.window.find("nobody")
     assert conversation is not None and alice.window.current is not conversation
+    assert alice.window.tab_titles() == ["room", "nobody"]  # our own line is not unread
     alice.wait_until(lambda: "failed" in alice.tags_at(conversation, "are you there?"),
                      conversation.contents)
     assert "pending" not in alice.tags_at(conversation, "are you there?")

@@ -4,8 +4,10 @@ Everything here runs on the main thread. The core (chat/client_core.py)
 decides; this module carries out its effects: a Connect opens a connection
 through the Link (chat/gui/connection.py), a Send goes to that connection's
 Writer, a Message becomes a line in a tab (chat/gui/window.py). The socket's
-threads never call in: they put events on the Link's queue, and poll()
-drains it every POLL_INTERVAL_MS with after(), as IDLE does, and ticks the core.
+threads never call in: they put events on the Link's queue, and the main
+loop drains it: poll() every POLL_INTERVAL_MS with after(), as IDLE does (it
+also ticks the core), and at once when the Link's wake pipe says so (a Tk
+file handler, where Tk has them).
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from chat.gui.connection import ServerAddress, Writer
 from chat.gui.dialogs import ConnectDialog, Prompt
 from chat.gui.window import ChatWindow, Conversation, name_tag
 
-#: Milliseconds between two looks at the connection's queue: short enough
-#: that a line shows without a visible delay (a frame is 16 ms), long enough
-#: that an idle window costs nothing measurable. IDLE polls every 50 ms.
-POLL_INTERVAL_MS = 20
+#: Milliseconds between two looks at the Link's queue. Where Tk has file
+#: handlers the wake pipe brings each line at once, and the poll only ticks
+#: the core (which wants a call every TICK_INTERVAL, 0.5 s); elsewhere it is
+#: how lines arrive, and 50 ms is IDLE's figure for the same loop: below what
+#: a person notices, and an idle window costs nothing measurable.
+POLL_INTERVAL_MS = 50
 #: Events handled per poll at most, so that a burst of lines (a busy room
 #: after a reconnect) never stops the window from redrawing and taking keys.
 EVENTS_PER_POLL = 200
@@ -45,7 +49,7 @@ Parts = list[tuple[str, tuple[str, ...]]]
 
 class ChatApp:
     """One user's chat window. Call show_connect_dialog() or begin(), then
-    run Tk's main loop (or, in tests, update() until what is expected shows).
+    run Tk's main loop (tests run it event by event until what they expect shows).
 
     `clock` is monotonic seconds (the core's `now`), `wall_clock` what the
     timestamps show, `jitter` the reconnect backoff's random draw; tests may
@@ -120,12 +124,12 @@ class ChatApp:
         self.address = address
         self.core = ClientCore(name, password)
         self.link = Link(address.connector())
-        if hasattr(self.root, "createfilehandler"):
+        if hasattr(self.root.tk, "createfilehandler"):
             # Woken by the Link's pipe, a line shows (and a lag is measured)
             # at once rather than at the next poll. Tk on Windows has no file
             # handlers: there the poll alone serves.
-            self.root.createfilehandler(self.link.wake_read, tk.READABLE,
-                                        lambda fd, mask: self._drain())
+            self.root.tk.createfilehandler(self.link.wake_read, tk.READABLE,
+                                           lambda fd, mask: self._drain())
         self._history = History(name, self._history_dir)
         self.window.editor.history[:] = self._history.load()
         self.root.title(f"{name} \N{EM DASH} chat/1 on {address}")
@@ -173,7 +177,7 @@ class ChatApp:
         elif kind == "connected":
             self.link.adopt(value, generation)
             self.writer = Writer(value)
-            self._writers.append(self.writer)
+            self._writers = [writer for writer in self._writers if writer.alive] + [self.writer]
             self.apply(self.core.connected(now))
         elif kind == "connect_failed":
             self.apply(self.core.connect_failed(value, now, self._jitter()))
@@ -307,8 +311,8 @@ class ChatApp:
             self.root.after_cancel(self._poll_id)
             self._poll_id = None
         if self.link is not None:
-            if hasattr(self.root, "deletefilehandler"):
-                self.root.deletefilehandler(self.link.wake_read)
+            if hasattr(self.root.tk, "deletefilehandler"):
+                self.root.tk.deletefilehandler(self.link.wake_read)
             self.link.finish()  # Shuts the stream down: each writer's next write fails.
             self.link = None
         for writer in self._writers:
@@ -352,23 +356,26 @@ class ChatApp:
 
     def _message(self, effect: core.Message) -> None:
         self._said(self.window.room, effect.sender, effect.text, effect.own, effect.pending,
-                   effect.id, effect.mention)
+                   effect.id, highlight=effect.mention, alert=effect.mention)
 
     def _private(self, effect: core.Private) -> None:
+        # Every line of a private tab is for us: it rings, but is not highlighted.
         conversation = self.window.conversation(effect.peer)
         self._said(conversation, effect.sender, effect.text, effect.own, effect.pending,
-                   effect.id, mention=not effect.own)
+                   effect.id, highlight=False, alert=not effect.own)
 
     def _action(self, effect: core.Action) -> None:
         text_tags = ("action",) + self._pending_tags(effect.pending, effect.id)
         parts: Parts = [*self._name(effect.sender), (" " + effect.text, text_tags)]
-        self._line(self.window.room, "*", parts, effect.mention)
+        self._line(self.window.room, "*", parts, highlight=effect.mention, alert=effect.mention,
+                   unread=not effect.own)
         self._remember(effect.id, effect.pending, self.window.room)
 
     def _said(self, conversation: Conversation, sender: str, text: str, own: bool,
-              pending: bool, message_id: int | None, mention: bool) -> None:
+              pending: bool, message_id: int | None, *, highlight: bool, alert: bool) -> None:
         parts: Parts = [(text, self._pending_tags(pending, message_id))]
-        self._line(conversation, sender, parts, mention, sender_is_column=True)
+        self._line(conversation, sender, parts, highlight=highlight, alert=alert,
+                   sender_is_column=True, unread=not own)
         self._remember(message_id, pending, conversation)
 
     @staticmethod
@@ -432,8 +439,6 @@ class ChatApp:
     def _disconnected(self, effect: core.Disconnected) -> None:
         self._state = "disconnected"
         self._line(self.window.room, "!", [(f"disconnected: {effect.reason}", ("error",))])
-        for message_id in list(self._pending):
-            self._lost(core.Lost(message_id))  # The core says Lost first; this is a guard.
 
     def _reconnecting(self, effect: core.Reconnecting) -> None:
         self._attempt = effect.attempt
@@ -452,16 +457,19 @@ class ChatApp:
     def _name(name: str) -> Parts:
         return [(name, ("name", name_tag(name)))]
 
-    def _line(self, conversation: Conversation, column: str, parts: Parts, mention: bool = False,
-              *, sender_is_column: bool = False, unread: bool = True) -> None:
-        """time, a right-aligned column (the sender, or a sign), then the text."""
+    def _line(self, conversation: Conversation, column: str, parts: Parts, *,
+              highlight: bool = False, alert: bool = False, sender_is_column: bool = False,
+              unread: bool = True) -> None:
+        """The time, a right-aligned column (the sender, or a sign), then the
+        text. `highlight`: a background (the line names us); `alert`: the bell
+        and a red mark on the tab, unless the user is looking at it."""
         stamp = time.strftime("%H:%M", time.localtime(self._wall_clock()))
         head: Parts = [(stamp, ("time",)), ("\t", ())]
         head += self._name(column) if sender_is_column else [(column, ("sign",))]
-        line_tags = ("line",) + (("mention",) if mention else ())
+        line_tags = ("line",) + (("mention",) if highlight else ())
         self.window.add_line(conversation, head + [("\t", ())] + parts, line_tags=line_tags,
-                             unread=unread, mention=mention)
-        if mention and (conversation is not self.window.current or not self._focused()):
+                             unread=unread, mention=alert)
+        if alert and (conversation is not self.window.current or not self._focused()):
             self.root.bell()
 
     def _event(self, conversation: Conversation, sign: str, parts: Parts) -> None:

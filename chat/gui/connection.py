@@ -66,6 +66,10 @@ class Writer:
         """No more lines: the thread ends after writing those queued. Never blocks."""
         self._lines.put(None)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
