@@ -183,6 +183,10 @@ def read_until(client: LineClient, expected: str) -> list[str]:
 
 def test_connect_dialog_leads_to_the_room(gui, server):
     dialog = gui.app.show_connect_dialog(ServerAddress("127.0.0.1", 5000))
+    # Typing goes to the first empty field at once, without a click.
+    gui.wait_until(lambda: gui.root.focus_get() is dialog.entries["Your name"], gui.root.focus_get)
+    gui.root.update()
+    assert gui.root.focus_get() is dialog.entries["Your name"]  # and it stays there
     dialog.port.set("not a port")
     dialog.connect_button.invoke()
     assert "port" in dialog.problem.get()

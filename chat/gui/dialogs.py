@@ -78,7 +78,7 @@ class ConnectDialog:
         self._tls_toggled()
         first_empty = next((entry for label, entry in self.entries.items()
                             if label != "Password" and not entry.get()), self.entries["Your name"])
-        first_empty.focus_set()
+        _show_over(root, self.window, first_empty)
 
     def _tls_toggled(self) -> None:
         state = "normal" if self.tls.get() else "disabled"
@@ -144,7 +144,6 @@ class Prompt:
             self.entry.pack(fill="x", pady=(8, 0))
             self.entry.bind("<Return>", lambda event: self.ok())
             self.entry.bind("<Escape>", lambda event: self._answer(None))
-            self.entry.focus_set()
         buttons = ttk.Frame(frame)
         buttons.pack(anchor="e", pady=(12, 0))
         self.cancel_button = ttk.Button(buttons, text="Cancel" if entry else "No",
@@ -153,8 +152,7 @@ class Prompt:
                                     default="active")
         self.cancel_button.pack(side="right")
         self.ok_button.pack(side="right", padx=(0, 6))
-        if not entry:
-            self.ok_button.focus_set()
+        _show_over(root, self.window, self.entry if entry else self.ok_button)
 
     def ok(self) -> None:
         self._answer(self.answer.get() if self.entry is not None else "yes")
@@ -163,3 +161,15 @@ class Prompt:
         if self.window.winfo_exists():
             self.window.destroy()
             self._on_answer(answer)
+
+
+def _show_over(root: tk.Tk, window: tk.Toplevel, focus: tk.Widget) -> None:
+    """Place `window` in the middle of the main window (window managers that
+    place it themselves move it anyway), and give `focus` the keyboard, so
+    that typing goes to the dialog without a click."""
+    root.update_idletasks()
+    window.update_idletasks()  # Maps it: its size is known, and it can take the focus.
+    x = root.winfo_rootx() + (root.winfo_width() - window.winfo_reqwidth()) // 2
+    y = root.winfo_rooty() + (root.winfo_height() - window.winfo_reqheight()) // 3
+    window.geometry(f"+{max(0, x)}+{max(0, y)}")
+    focus.focus_force()

@@ -361,7 +361,12 @@ class ChatWindow:
         self.target_label.configure(text="to room" if conversation.peer is None
                                     else f"to {conversation.peer}")
         self._on_select(conversation.peer)
-        self.entry.focus_set()
+        try:
+            focused = self.root.focus_get()
+        except KeyError:  # a widget being destroyed
+            focused = None
+        if focused is None or focused.winfo_toplevel() is self.root:
+            self.entry.focus_set()  # but not away from an open dialog
 
     def _cycle(self, step: int) -> str:
         tabs = self.notebook.tabs()
