@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import getpass
 import os
 import queue
 import selectors
@@ -448,10 +449,20 @@ class LineUI:
         """AskName or AskPassword: whether the question can be answered here."""
         if not self.interactive:
             return False
-        self.asking = "name" if isinstance(effect, core_events.AskName) else "password"
-        if isinstance(effect, core_events.AskName) and effect.reason:
+        if isinstance(effect, core_events.AskPassword):
+            # Not echoed. The main loop waits meanwhile; should the server's
+            # register-timeout strike, the core connects again.
+            try:
+                password = getpass.getpass("password: ")
+            except EOFError:
+                return False
+            self.asking = "password"
+            self.lines.appendleft(password)
+            return True
+        self.asking = "name"
+        if effect.reason:
             self.say(effect.reason, conversation=False)
-        sys.stdout.write(f"{self.asking}: ")
+        sys.stdout.write("name: ")
         sys.stdout.flush()
         return True
 

@@ -403,3 +403,26 @@ def test_ctrl_c_leaves_gracefully_with_status_130(server, observer, terminals):
     alice.process.send_signal(signal.SIGINT)
     observer.expect("LEAVE alice quit")
     assert alice.wait_exit() == 130
+
+
+@pytest.mark.timeout(30)
+def test_a_password_is_asked_for_unechoed_full_screen_and_in_line_mode(make_server, terminals):
+    server = make_server(dataclasses.replace(TEST_LIMITS, password="sesame"))
+    for env in ({}, {"TERM": "dumb"}):
+        alice = terminals(server.address[1], "--name", "alice", env=env)
+        alice.wait_for(r"password:")
+        alice.type("sesame\r")
+        alice.wait_for(r"\* online \(1\): alice")
+        assert "sesame" not in alice.text()
+        alice.type("/quit\r")
+        assert alice.wait_exit() == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_name_is_asked_for_again_in_the_input_line(server, observer, terminals):
+    alice = terminals(server.address[1], "--name", "OBSERVER")
+    alice.wait_for(r"the name OBSERVER was refused \(NAME_TAKEN\)")
+    alice.wait_for(r"^name:$")
+    alice.type("alice\r")
+    observer.expect("JOIN alice")
+    alice.wait_for(r"^alice>$")
