@@ -425,6 +425,9 @@ def test_own_action_and_a_rename_show_in_the_room_and_the_list(alice, server, ot
     alice.wait_for("bob is now robert")
     assert alice.members() == ["alice", "robert"]
     assert alice.window.tab_titles() == ["room", "robert (1!)"]  # the private tab follows
+    alice.window.select(alice.window.find("robert"))
+    alice.root.update()
+    assert alice.window.target_label.cget("text") == "to robert"
     alice.say("/nick alicia")
     alice.wait_for("you are now alicia")
     assert alice.members() == ["alicia", "robert"]

@@ -477,7 +477,12 @@ class ChatApp:
                    unread=False)
 
     def _note(self, conversation: Conversation, text: str) -> None:
-        self._line(conversation, "\N{MIDDLE DOT}", [(text, ("note",))], unread=False)
+        # One line each (/help has many), so that each starts in the text's
+        # column; several lines are a table, aligned with spaces.
+        lines = text.splitlines() or [""]
+        style = ("columns",) if len(lines) > 1 else ("note",)
+        for line in lines:
+            self._line(conversation, "\N{MIDDLE DOT}", [(line, style)], unread=False)
 
     def _focused(self) -> bool:
         try:

@@ -102,6 +102,8 @@ class Conversation:
         self.text.tag_configure("failed", foreground=ALERT, overstrike=True)
         self.text.tag_configure("lost", foreground="#b45309")
         self.text.tag_configure("note", foreground=MUTED, font=fonts["italic"])
+        # Text laid out in columns with spaces (/help) keeps them in a fixed font.
+        self.text.tag_configure("columns", foreground=MUTED, font=fonts["fixed"])
         self.text.tag_configure("error", foreground=ALERT)
         self.text.tag_configure("action", font=fonts["italic"])
         self.text.tag_configure("mention", background=MENTION_BACKGROUND)
@@ -286,6 +288,7 @@ class ChatWindow:
         conversation.peer = new
         self.conversations[name_key(new)] = conversation
         self._retitle(conversation)
+        self._show_target()
 
     def add_line(self, conversation: Conversation, parts: list[tuple[str, tuple[str, ...]]], *,
                  line_tags: tuple[str, ...] = (), unread: bool = True, mention: bool = False) -> None:
@@ -358,8 +361,7 @@ class ChatWindow:
         conversation.unread = 0
         conversation.mentioned = False
         self._retitle(conversation)
-        self.target_label.configure(text="to room" if conversation.peer is None
-                                    else f"to {conversation.peer}")
+        self._show_target()
         self._on_select(conversation.peer)
         try:
             focused = self.root.focus_get()
@@ -367,6 +369,10 @@ class ChatWindow:
             focused = None
         if focused is None or focused.winfo_toplevel() is self.root:
             self.entry.focus_set()  # but not away from an open dialog
+
+    def _show_target(self) -> None:
+        peer = self.current.peer
+        self.target_label.configure(text="to room" if peer is None else f"to {peer}")
 
     def _cycle(self, step: int) -> str:
         tabs = self.notebook.tabs()
@@ -394,6 +400,8 @@ def _make_fonts(root: tk.Tk) -> dict[str, tkfont.Font]:
         "bold": tkfont.Font(root, family=family, size=TEXT_SIZE, weight="bold"),
         "italic": tkfont.Font(root, family=family, size=TEXT_SIZE, slant="italic"),
         "small": tkfont.Font(root, family=family, size=TEXT_SIZE - 2),
+        "fixed": tkfont.Font(root, family=tkfont.nametofont("TkFixedFont").actual()["family"],
+                             size=TEXT_SIZE - 1),
     }
 
 
