@@ -18,12 +18,15 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from chat import protocol
 from chat.cli import History
+from chat.client_core import STALL_NOTICE
 from chat.server import ChatServer
 from tests.conftest import DEADLINE, TEST_LIMITS, LineClient
 from tests.xdisplay import private_display
@@ -499,6 +502,54 @@ def test_the_window_answers_while_the_connection_hangs(gui):
     finally:
         silent.close()  # resets the connection: the handshake fails, the thread ends
     gui.wait_for("cannot connect")
+
+
+class SilentServer:
+    """A server that greets, registers whoever asks, then says nothing more:
+    replies owed never come. close() drops the connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.connection: socket.socket | None = None
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(DEADLINE)
+        connection, _ = self.listener.accept()
+        connection.settimeout(DEADLINE)
+        self.connection = connection
+        connection.sendall(protocol.format_hello(TEST_LIMITS))
+        request = b""
+        while not request.endswith(b"\n"):
+            request += connection.recv(1)
+        name = request.decode().split()[1]  # USER name
+        connection.sendall(protocol.format_join(name))
+
+    def close(self) -> None:
+        self._thread.join(DEADLINE)
+        if self.connection is not None:
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.connection.close()
+        self.listener.close()
+
+
+def test_a_server_gone_silent_shows_in_the_status_bar_and_the_message_stays_marked(gui):
+    silent = SilentServer()
+    try:
+        gui.app.begin(ServerAddress(*silent.address), "alice", None)
+        gui.wait_for("you joined the room as alice")
+        gui.say("anyone there?")
+        # The core's stall notice comes after STALL_NOTICE seconds without a word.
+        gui.wait_until(lambda: "no reply for" in gui.status(), gui.status,
+                       deadline=STALL_NOTICE + DEADLINE)
+        assert "pending" in gui.tags_at(gui.window.room, "anyone there?")
+    finally:
+        silent.close()
+    gui.wait_for("it may not have arrived")
+    assert "lost" in gui.tags_at(gui.window.room, "anyone there?")
+    assert "pending" not in gui.tags_at(gui.window.room, "anyone there?")
 
 
 def test_closing_the_window_leaves_the_room(alice, server, others):
