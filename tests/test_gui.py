@@ -18,13 +18,11 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from chat import protocol
 from chat.cli import History
 from chat.client_core import STALL_NOTICE
 from chat.server import ChatServer
@@ -35,73 +33,20 @@ tk = pytest.importorskip("tkinter", reason="this Python has no tkinter")
 
 from chat.gui.app import ChatApp  # noqa: E402  (after the tkinter check)
 from chat.gui.connection import ServerAddress  # noqa: E402
-from chat.gui.dialogs import ConnectDialog, Prompt  # noqa: E402
+from chat.gui.dialogs import Prompt  # noqa: E402
 from chat.gui.window import colour_for, name_tag  # noqa: E402
+from tests.gui_driver import (  # noqa: E402
+    Driver,
+    SilentServer,
+    WallClock,
+    connect_through_dialog,
+    pump,
+    read_until,
+)
 
 #: Seconds to wait for a reconnect: the core's first backoff is at most
 #: BACKOFF_FIRST * 1.5 (jitter), and the tests pin the jitter to 0 (0.5 s).
 RECONNECT_DEADLINE = 15.0
-
-
-def pump(root, done, what: str, deadline: float = DEADLINE):
-    """Run Tk's event loop until done() is true; fail with `what` after `deadline` s.
-
-    dooneevent() blocks until the next event, and the app's poll timer is one
-    (every 20 ms): the loop waits on Tk, never in sleep()."""
-    end = time.monotonic() + deadline
-    while not (result := done()):
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what()}")
-        root.tk.dooneevent(0)
-    return result
-
-
-class Driver:
-    """A user in front of the window: types, presses keys, reads."""
-
-    def __init__(self, app: ChatApp) -> None:
-        self.app = app
-        self.root = app.root
-        self.window = app.window
-
-    def room_text(self) -> str:
-        return self.window.room.contents()
-
-    def wait_for(self, text: str, conversation=None, deadline: float = DEADLINE) -> None:
-        conversation = conversation or self.window.room
-        pump(self.root, lambda: text in conversation.contents(),
-             lambda: f"{text!r} in {conversation.contents()[-600:]!r}", deadline)
-
-    def wait_until(self, done, what, deadline: float = DEADLINE):
-        return pump(self.root, done, what, deadline)
-
-    def type(self, text: str) -> None:
-        self.window.set_input(text)
-
-    def key(self, keysym: str) -> None:
-        """Press a key in the input line (Tk sends key events to the focus)."""
-        if self.root.focus_get() is not self.window.entry:
-            self.window.entry.focus_force()
-            pump(self.root, lambda: self.root.focus_get() is self.window.entry,
-                 lambda: f"the focus is on {self.root.focus_get()}")
-        self.window.entry.event_generate(f"<{keysym}>")
-
-    def say(self, text: str) -> None:
-        self.type(text)
-        self.key("Return")
-
-    def tags_at(self, conversation, text: str) -> tuple[str, ...]:
-        """The tags on the last occurrence of `text` in the conversation."""
-        widget = conversation.text
-        index = widget.search(text, "end", backwards=True)
-        assert index, f"{text!r} not in {conversation.contents()!r}"
-        return widget.tag_names(index)
-
-    def members(self) -> list[str]:
-        return list(self.window.members.get(0, "end"))
-
-    def status(self) -> str:
-        return self.window.status.cget("text")
 
 
 @pytest.fixture(scope="session")
@@ -128,16 +73,6 @@ def others(request):
         client.close()
 
 
-class WallClock:
-    """What the timestamps show: the time, or the time `at` a test pins."""
-
-    def __init__(self) -> None:
-        self.at: float | None = None
-
-    def __call__(self) -> float:
-        return time.time() if self.at is None else self.at
-
-
 @pytest.fixture
 def gui(x_display, tmp_path):
     """A chat window (no session yet); closed, with its threads, after the test."""
@@ -159,29 +94,11 @@ def gui(x_display, tmp_path):
     gc.collect()
 
 
-def connect_through_dialog(gui: Driver, address, name: str = "alice") -> None:
-    dialog = gui.app.show_connect_dialog(ServerAddress("127.0.0.1", 5000))
-    assert isinstance(dialog, ConnectDialog)
-    dialog.host.set(address[0])
-    dialog.port.set(str(address[1]))
-    dialog.name.set(name)
-    dialog.connect_button.invoke()
-    gui.wait_for(f"you joined the room as {name}")
-
-
 @pytest.fixture
 def alice(gui, server):
     """The window, connected to the `server` fixture as alice."""
     connect_through_dialog(gui, server.address)
     return gui
-
-
-def read_until(client: LineClient, expected: str) -> list[str]:
-    """The lines before `expected` (each read with LineClient's deadline)."""
-    before = []
-    while (line := client.line()) != expected:
-        before.append(line)
-    return before
 
 
 def test_connect_dialog_leads_to_the_room(gui, server):
@@ -502,37 +419,6 @@ def test_the_window_answers_while_the_connection_hangs(gui):
     finally:
         silent.close()  # resets the connection: the handshake fails, the thread ends
     gui.wait_for("cannot connect")
-
-
-class SilentServer:
-    """A server that greets, registers whoever asks, then says nothing more:
-    replies owed never come. close() drops the connection."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()[:2]
-        self.connection: socket.socket | None = None
-        self._thread = threading.Thread(target=self._serve)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        self.listener.settimeout(DEADLINE)
-        connection, _ = self.listener.accept()
-        connection.settimeout(DEADLINE)
-        self.connection = connection
-        connection.sendall(protocol.format_hello(TEST_LIMITS))
-        request = b""
-        while not request.endswith(b"\n"):
-            request += connection.recv(1)
-        name = request.decode().split()[1]  # USER name
-        connection.sendall(protocol.format_join(name))
-
-    def close(self) -> None:
-        self._thread.join(DEADLINE)
-        if self.connection is not None:
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.connection.close()
-        self.listener.close()
 
 
 def test_a_server_gone_silent_shows_in_the_status_bar_and_the_message_stays_marked(gui):
