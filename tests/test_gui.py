@@ -18,6 +18,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -498,6 +499,20 @@ def test_two_cli_users_and_one_gui_user_go_on_after_a_server_restart(gui, make_s
     finally:
         for terminal in terminals:
             terminal.close()
+
+
+def test_the_command_says_what_it_takes_and_why_it_cannot_open_a_window():
+    repository = Path(__file__).resolve().parent.parent
+    help_run = subprocess.run([sys.executable, "-m", "chat.gui", "--help"], capture_output=True,
+                              text=True, timeout=30, cwd=repository)
+    assert help_run.returncode == 0
+    assert help_run.stdout.startswith("usage: chat-gui ")
+    assert "--cafile" in help_run.stdout and "connect dialog" in help_run.stdout
+    no_display = subprocess.run([sys.executable, "-m", "chat.gui", "--name", "alice"],
+                                capture_output=True, text=True, timeout=30, cwd=repository,
+                                env={**os.environ, "DISPLAY": "no-such-host:0"})
+    assert no_display.returncode == 1
+    assert no_display.stderr.startswith("chat-gui: cannot open a window:")
 
 
 SCREENSHOT_ENV = "CHAT_GUI_SCREENSHOT"
