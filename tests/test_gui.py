@@ -510,7 +510,7 @@ def test_the_command_says_what_it_takes_and_why_it_cannot_open_a_window():
     assert "--cafile" in help_run.stdout and "connect dialog" in help_run.stdout
     no_display = subprocess.run([sys.executable, "-m", "chat.gui", "--name", "alice"],
                                 capture_output=True, text=True, timeout=30, cwd=repository,
-                                env={**os.environ, "DISPLAY": "no-such-host:0"})
+                                env={**os.environ, "DISPLAY": ":65000"})
     assert no_display.returncode == 1
     assert no_display.stderr.startswith("chat-gui: cannot open a window:")
 
