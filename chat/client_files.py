@@ -535,10 +535,18 @@ class Reply:
 
     lines: list[str] = dataclasses.field(default_factory=list)
     notices: list[str] = dataclasses.field(default_factory=list)
+    #: For a graphical front end: offers to ask about (an accept dialog), transfers
+    #: whose progress changed (a bar each), and transfers that ended (bar removed).
+    offers: list[Transfer] = dataclasses.field(default_factory=list)
+    progress: list[tuple[Transfer, Progress]] = dataclasses.field(default_factory=list)
+    ended: list[Transfer] = dataclasses.field(default_factory=list)
 
     def __iadd__(self, other: Reply) -> Reply:
         self.lines += other.lines
         self.notices += other.notices
+        self.offers += other.offers
+        self.progress += other.progress
+        self.ended += other.ended
         return self
 
 
@@ -688,6 +696,7 @@ class FileSession:
         for event in events:
             transfer = event.transfer
             if isinstance(event, OfferReceived):
+                reply.offers.append(transfer)
                 reply.notices.append(
                     f"* {transfer.sender} offers you {transfer.shown_name} ({format_size(transfer.size)}): "
                     f"/accept {transfer.ref} [PATH] or /reject {transfer.ref}")
@@ -702,16 +711,17 @@ class FileSession:
 
     def _start_data(self, transfer: Transfer) -> Reply:
         key = _key(transfer)
-        self._progress[key] = Progress(transfer.size, self.clock())
+        progress = self._progress[key] = Progress(transfer.size, self.clock())
         if transfer.outgoing:
             self._start(self._run_sender, transfer)
-            return Reply(notices=[f"* {transfer.recipient} accepted {transfer.shown_name}: sending"])
+            return Reply(notices=[f"* {transfer.recipient} accepted {transfer.shown_name}: sending"],
+                         progress=[(transfer, progress)])
         try:
             self._incoming[key] = IncomingFile(transfer.path)
         except OSError as error:
             return Reply([self.book.cancel(transfer)], [f"cannot write to {transfer.path.parent}: {error}"])
         self._start(self._run_recipient, transfer, self._incoming[key])
-        return Reply(notices=[f"* receiving {transfer.shown_name}"])
+        return Reply(notices=[f"* receiving {transfer.shown_name}"], progress=[(transfer, progress)])
 
     def _ended(self, transfer: Transfer, reason: str) -> Reply:
         key = _key(transfer)
@@ -722,13 +732,14 @@ class FileSession:
         meaning = END_REASONS.get(reason, reason)
         if incoming is not None and reason == "done":
             try:
-                return Reply(notices=[f"* {transfer.shown_name}: {meaning}; saved as {incoming.commit()}"])
+                notice = f"* {transfer.shown_name}: {meaning}; saved as {incoming.commit()}"
             except OSError as error:
-                return Reply(notices=[f"* {transfer.shown_name}: {meaning}, but {incoming.final} could "
-                                      f"not be made ({error}); it is in {incoming.temporary}"])
+                notice = (f"* {transfer.shown_name}: {meaning}, but {incoming.final} could not be made "
+                          f"({error}); it is in {incoming.temporary}")
+            return Reply(notices=[notice], ended=[transfer])
         if incoming is not None:
             incoming.discard()  # [FILE-17]: nothing partial or corrupt stays
-        return Reply(notices=[f"* {transfer.shown_name} ({transfer.ref}): {meaning}"])
+        return Reply(notices=[f"* {transfer.shown_name} ({transfer.ref}): {meaning}"], ended=[transfer])
 
     # -- what the threads posted ---------------------------------------------------------------
 
@@ -748,9 +759,10 @@ class FileSession:
             now = self.clock()
             progress.update(event.done, now)
             if now - self._shown_at.get(event.key, -1e9) < self.PROGRESS_EVERY:
-                return Reply()
+                return Reply(progress=[(transfer, progress)])
             self._shown_at[event.key] = now
-            return Reply(notices=[f"  {transfer.ref} {transfer.shown_name} {progress.bar()}"])
+            return Reply(notices=[f"  {transfer.ref} {transfer.shown_name} {progress.bar()}"],
+                         progress=[(transfer, progress)])
         if event.error:
             return Reply(notices=[f"* {transfer.shown_name}: data connection failed: {event.error}"])
         if transfer.outgoing:

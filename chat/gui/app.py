@@ -24,6 +24,7 @@ from chat.cli import THREAD_JOIN_TIMEOUT, History, Link
 from chat.client_core import TICK_INTERVAL, ClientCore
 from chat.gui.connection import ServerAddress, Writer
 from chat.gui.dialogs import ConnectDialog, Prompt
+from chat.gui.files import GuiFiles, data_opener
 from chat.gui.window import ChatWindow, Conversation, name_tag
 
 #: Milliseconds between two looks at the Link's queue. Where Tk has file
@@ -80,6 +81,8 @@ class ChatApp:
         self.link: Link | None = None
         #: The open connection's writer, if one is open.
         self.writer: Writer | None = None
+        #: File sharing (SPEC.md 11a), once a session has begun.
+        self.files: GuiFiles | None = None
         self._writers: list[Writer] = []
         #: The open dialog or prompt, if any (tests answer it through its widgets).
         self.dialog: ConnectDialog | Prompt | None = None
@@ -107,6 +110,7 @@ class ChatApp:
             core.Error: self._error, core.Notice: self._notice, core.Lag: self._lag_changed,
             core.Disconnected: self._disconnected, core.Reconnecting: self._reconnecting,
             core.QueryOpened: self._query_opened, core.QueryClosed: self._query_closed,
+            core.FileCommand: self._file_effect, core.FileLine: self._file_effect,
         }
 
     # -- starting ------------------------------------------------------------------
@@ -124,6 +128,7 @@ class ChatApp:
         self.address = address
         self.core = ClientCore(name, password)
         self.link = Link(address.connector())
+        self.files = GuiFiles(self, data_opener(address))
         if hasattr(self.root.tk, "createfilehandler"):
             # Woken by the Link's pipe, a line shows (and a lag is measured)
             # at once rather than at the next poll. Tk on Windows has no file
@@ -183,6 +188,8 @@ class ChatApp:
             self.apply(self.core.connect_failed(value, now, self._jitter()))
         elif kind == "overlong":
             self._note(self.window.room, "the server sent an overlong line; skipped")
+        elif kind == "file":
+            self.files.posted(value)
         else:  # "lost"
             self.link.stream = None
             if self.writer is not None:
@@ -310,6 +317,8 @@ class ChatApp:
         if self._poll_id is not None:
             self.root.after_cancel(self._poll_id)
             self._poll_id = None
+        if self.files is not None:
+            self.files.close()  # cuts the data connections, removes partial files
         if self.link is not None:
             if hasattr(self.root.tk, "deletefilehandler"):
                 self.root.tk.deletefilehandler(self.link.wake_read)
@@ -439,6 +448,11 @@ class ChatApp:
     def _disconnected(self, effect: core.Disconnected) -> None:
         self._state = "disconnected"
         self._line(self.window.room, "!", [(f"disconnected: {effect.reason}", ("error",))])
+        if self.files is not None:
+            self.files.connection_lost()
+
+    def _file_effect(self, effect: core.FileCommand | core.FileLine) -> None:
+        self.files.effect(effect)  # chat/gui/files.py
 
     def _reconnecting(self, effect: core.Reconnecting) -> None:
         self._attempt = effect.attempt
