@@ -640,11 +640,12 @@ class OversizePassesServer(BrokenServer):
 NoEchoServer.consequences = NoEchoServer.consequences | {"FILE-19"}
 # - no-leave-on-close: files-party-gone expects the sender's LEAVE after its ENDED ... gone.
 NoLeaveOnCloseServer.consequences = NoLeaveOnCloseServer.consequences | {"FILE-11", "FILE-13"}
-# - crlf: every file case fails at its first line, citing what it covers; and HELLO's last
-#   parameter is now file-expiry, not password, so `password=0` parses and the password
-#   cases apply (and fail at their first line too).
-CrlfServer.consequences = CrlfServer.consequences | {
-    "FILE-1", "FILE-4", "FILE-5", "FILE-6", "FILE-14", "ERR-3", "PASS-1", "PASS-2"}
+# - crlf: every file case fails at its first line, citing what it covers (file-hello at its
+#   register: USER-1); and HELLO's last parameter is now file-expiry, so `password=0` and
+#   `action=1` parse: the password and ACT cases apply and fail at their first line too,
+#   and the one for a server without ACT (CMD-5) no longer applies.
+CrlfServer.consequences = (CrlfServer.consequences | {
+    "FILE-4", "FILE-5", "FILE-6", "FILE-14", "ERR-3", "PASS-1", "PASS-2", "ACT-1", "ACT-2"}) - {"CMD-5"}
 
 SERVERS.update({
     "files-offer-to-everyone": OfferToEveryoneServer,
