@@ -22,6 +22,10 @@ DEFAULT_LINE_MAX = 1024
 # Longest name in characters (SPEC.md 5, [NAME-1]). IRC networks use 30 to 32.
 DEFAULT_NAME_MAX = 32
 
+# The optional verbs (SPEC.md 6.8, [CMD-4]) and the HELLO parameter, also the
+# Limits field, that offers each.
+OPTIONAL_VERBS = {"NICK": "nick", "ACT": "action"}
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -58,6 +62,11 @@ class Limits:
     #: [PASS-1] the room's password, or None for an open room. Not advertised
     #: itself, only whether there is one.
     password: str | None = None
+    #: [CMD-4] optional commands offered (1) or not (0), SPEC.md 6.8:
+    #: NICK ([NICK-1]) and ACT ([ACT-1]). On by default; 0 makes a server
+    #: that answers them with UNKNOWN_COMMAND ([CMD-5]), as an older one would.
+    nick: int = 1
+    action: int = 1
 
     def __post_init__(self) -> None:
         # HELLO carries whole numbers, and a server must not time out before
@@ -81,5 +90,12 @@ class Limits:
             ("flood-burst", self.flood_burst),
             ("outbound-max", self.outbound_max),
             ("password", 1 if self.password else 0),
+            # Optional commands come after every other parameter ([CMD-4]).
+            ("nick", self.nick),
+            ("action", self.action),
         ]
+
+    def optional_verbs(self) -> frozenset[str]:
+        """The optional verbs this server offers ([CMD-5])."""
+        return frozenset(verb for verb, field in OPTIONAL_VERBS.items() if getattr(self, field))
 

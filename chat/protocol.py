@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import re
 
-from chat.limits import DEFAULT_LINE_MAX, DEFAULT_NAME_MAX, Limits
+from chat.limits import DEFAULT_LINE_MAX, DEFAULT_NAME_MAX, OPTIONAL_VERBS, Limits
 
 VERSION = "chat/1"
 
@@ -178,7 +178,20 @@ class Leave:
     pass
 
 
-Command = Pass | User | Msg | Pm | Users | Ping | Pong | Leave
+@dataclasses.dataclass(frozen=True)
+class Nick:
+    """[NICK-1], only where HELLO advertises nick=1. Like User, the name is
+    everything after "NICK " and the room checks it ([NICK-3])."""
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Act:
+    """[ACT-1], only where HELLO advertises action=1."""
+    text: str
+
+
+Command = Pass | User | Msg | Pm | Users | Ping | Pong | Leave | Nick | Act
 
 
 def replace_control_characters(text: str, replacement: str = "\N{REPLACEMENT CHARACTER}") -> str:
@@ -209,11 +222,13 @@ def _syntax_error(usage: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_SYNTAX, f"usage: {usage}")
 
 
-def parse_command(line: bytes) -> Command | None:
+def parse_command(line: bytes, optional: frozenset[str] = frozenset()) -> Command | None:
     """Turn one line (terminator removed) into a command, or None if empty.
 
-    Raises ProtocolError for the first problem found, in the order of
-    [FRAME-11]: encoding, characters, verb, then the command's fields.
+    `optional` holds the optional verbs (OPTIONAL_VERBS) this server offers;
+    the others are unknown verbs ([CMD-5]). Raises ProtocolError for the
+    first problem found, in the order of [FRAME-11]: encoding, characters,
+    verb, then the command's fields.
     """
     if not line:
         return None  # [FRAME-9]
@@ -225,7 +240,7 @@ def parse_command(line: bytes) -> Command | None:
         raise ProtocolError(ErrorCode.BAD_CHARACTER, "control characters are not allowed")
     verb, space, rest = decoded.partition(" ")
     parse = _PARSERS.get(verb)
-    if parse is None:
+    if parse is None or (verb in OPTIONAL_VERBS and verb not in optional):
         raise ProtocolError(
             ErrorCode.UNKNOWN_COMMAND,
             "commands are PASS USER MSG PM USERS PING PONG LEAVE, in upper case",
@@ -270,6 +285,18 @@ def _parse_pong(rest: str | None) -> Pong:
     return Pong(rest)
 
 
+def _parse_nick(rest: str | None) -> Nick:
+    if rest is None:
+        raise _syntax_error("NICK <name>")
+    return Nick(rest)
+
+
+def _parse_act(rest: str | None) -> Act:
+    if rest is None or not _is_text(rest):
+        raise _syntax_error("ACT <text>")
+    return Act(rest)
+
+
 def _no_fields(command: Users | Leave, verb: str):
     def parse(rest: str | None) -> Users | Leave:
         if rest is not None:
@@ -287,6 +314,8 @@ _PARSERS = {
     "PING": _parse_ping,
     "PONG": _parse_pong,
     "LEAVE": _no_fields(Leave(), "LEAVE"),
+    "NICK": _parse_nick,
+    "ACT": _parse_act,
 }
 
 
@@ -334,6 +363,14 @@ def format_names(names: list[str], line_max: int = DEFAULT_LINE_MAX) -> list[byt
     lines.append(_line(current))
     lines.append(_line("ENDNAMES", str(len(names))))
     return lines
+
+
+def format_nick(old: str, new: str) -> bytes:
+    return _line("NICK", old, new)
+
+
+def format_act(sender: str, text: str) -> bytes:
+    return _line("ACT", sender, text)
 
 
 def format_ping(token: str) -> bytes:
@@ -401,3 +438,209 @@ def hello_params(reply: Reply) -> dict[str, int]:
         if value.isdigit():
             params[key] = int(value)
     return params
+
+
+# ---------------------------------------------------------------------------
+# Server lines, typed: one value per line the server sends (section 3, server-line)
+# ---------------------------------------------------------------------------
+# For clients (chat/client_core.py). The kit keeps its own grammar on purpose
+# (conformance/grammar.py): it must not share the reference's parser.
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerHello:
+    version: str
+    #: key=value parameters in the order sent, unknown keys included ([GRAM-3]).
+    params: tuple[tuple[str, int], ...]
+
+    def param(self, key: str, default: int = 0) -> int:
+        return dict(self.params).get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerJoin:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLeave:
+    name: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerMsg:
+    sender: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPm:
+    sender: str
+    recipient: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerNames:
+    names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerEndNames:
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPing:
+    token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPong:
+    token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOk:
+    what: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerErr:
+    #: The code as sent: a client may meet codes newer than ErrorCode ([ERR-1]).
+    code: str
+    text: str
+
+    @property
+    def closes(self) -> bool:
+        """Whether the server closes after it ([ERR-2]); unknown codes do not."""
+        try:
+            return ErrorCode(self.code).closes
+        except ValueError:
+            return False
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerNick:
+    old: str
+    new: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerAct:
+    sender: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerUnknown:
+    """A line no rule of chat/1 matches: a newer server's verb, or a broken
+    server's line. Clients show it as it is, and go on."""
+
+    line: str
+
+
+ServerLine = (ServerHello | ServerJoin | ServerLeave | ServerMsg | ServerPm | ServerNames
+              | ServerEndNames | ServerPing | ServerPong | ServerOk | ServerErr | ServerNick
+              | ServerAct | ServerUnknown)
+
+
+def parse_server_line(line: str) -> ServerLine:
+    """The typed value of one server line (terminator removed, already decoded).
+
+    Liberal, as a client should be: anything that does not match its verb's
+    rule becomes ServerUnknown rather than an exception; an ERR without text
+    is taken with an empty text.
+    """
+    verb, _, rest = line.partition(" ")
+    parse = _SERVER_PARSERS.get(verb)
+    value = parse(rest) if parse is not None else None
+    return ServerUnknown(line) if value is None else value
+
+
+def _names(*names: str) -> bool:
+    return all(is_valid_name(name) for name in names)
+
+
+def _server_hello(rest: str) -> ServerHello | None:
+    version, *fields = rest.split(" ")
+    if not version:
+        return None
+    params = []
+    for field in fields:
+        key, _, value = field.partition("=")
+        if value.isdigit():
+            params.append((key, int(value)))
+    return ServerHello(version, tuple(params))
+
+
+def _server_join(rest: str) -> ServerJoin | None:
+    return ServerJoin(rest) if _names(rest) else None
+
+
+def _server_leave(rest: str) -> ServerLeave | None:
+    name, _, reason = rest.partition(" ")
+    return ServerLeave(name, reason) if _names(name) and reason else None
+
+
+def _server_msg(rest: str) -> ServerMsg | None:
+    sender, _, text = rest.partition(" ")
+    return ServerMsg(sender, text) if _names(sender) and text else None
+
+
+def _server_nick(rest: str) -> ServerNick | None:
+    old, _, new = rest.partition(" ")
+    return ServerNick(old, new) if _names(old, new) else None
+
+
+def _server_act(rest: str) -> ServerAct | None:
+    sender, _, text = rest.partition(" ")
+    return ServerAct(sender, text) if _names(sender) and text else None
+
+
+def _server_pm(rest: str) -> ServerPm | None:
+    sender, _, rest = rest.partition(" ")
+    recipient, _, text = rest.partition(" ")
+    return ServerPm(sender, recipient, text) if _names(sender, recipient) and text else None
+
+
+def _server_names(rest: str) -> ServerNames | None:
+    names = tuple(rest.split(" "))
+    return ServerNames(names) if _names(*names) else None
+
+
+def _server_endnames(rest: str) -> ServerEndNames | None:
+    return ServerEndNames(int(rest)) if rest.isdigit() else None
+
+
+def _server_token(kind: type[ServerPing] | type[ServerPong]):
+    def parse(rest: str) -> ServerPing | ServerPong | None:
+        return kind(rest) if _TOKEN.fullmatch(rest) else None
+    return parse
+
+
+def _server_ok(rest: str) -> ServerOk | None:
+    return ServerOk(rest) if rest else None
+
+
+def _server_err(rest: str) -> ServerErr | None:
+    code, _, text = rest.partition(" ")
+    return ServerErr(code, text) if code else None
+
+
+_SERVER_PARSERS = {
+    "HELLO": _server_hello,
+    "JOIN": _server_join,
+    "LEAVE": _server_leave,
+    "MSG": _server_msg,
+    "PM": _server_pm,
+    "NAMES": _server_names,
+    "ENDNAMES": _server_endnames,
+    "PING": _server_token(ServerPing),
+    "PONG": _server_token(ServerPong),
+    "OK": _server_ok,
+    "ERR": _server_err,
+    "NICK": _server_nick,
+    "ACT": _server_act,
+}

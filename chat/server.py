@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 
-from chat.limits import Limits
+from chat.limits import OPTIONAL_VERBS, Limits
 from chat.protocol import LineBuffer
 from chat.state import Action, Broadcast, ChatRoom, Close, Register, Send, Session, TokenBucket, Unregister
 from chat.transport import PlainTransport, TLSTransport
@@ -640,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-port", type=int, default=5001, help="TLS port (default 5001; 0 picks one)")
     tls.add_argument("--tls-only", action="store_true", help="no plain listener, TLS only")
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument("--without", action="append", default=[], choices=sorted(OPTIONAL_VERBS.values()),
+                        help="do not offer this optional command (SPEC.md 6.8; repeatable), "
+                             "as a server older than it would")
     return parser
 
 
@@ -651,6 +654,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     fields = {name: getattr(args, name) for name in (
         "max_clients", "max_per_address", "register_timeout", "ping_interval",
         "ping_timeout", "flood_rate", "flood_burst", "outbound_max")}
+    # Optional commands left out (SPEC.md 6.8, [CMD-5]).
+    fields.update({field: 0 for field in args.without})
     return Limits(password=password, **fields)
 
 

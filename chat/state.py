@@ -118,6 +118,8 @@ class ChatRoom:
         self._sessions: dict[Session, None] = {}
         self._ids = itertools.count(1)
         self._ping_tokens = itertools.count(1)
+        #: The optional verbs this room offers ([CMD-5]).
+        self._optional_verbs = limits.optional_verbs()
 
     # -- connections --------------------------------------------------------
 
@@ -168,7 +170,7 @@ class ChatRoom:
         try:
             if isinstance(item, ProtocolError):
                 raise item
-            command = protocol.parse_command(item)
+            command = protocol.parse_command(item, self._optional_verbs)
             if command is None:
                 return []  # [FRAME-9]
             return self._dispatch(session, command)
@@ -192,6 +194,10 @@ class ChatRoom:
             return [Broadcast(protocol.format_msg(session.name, command.text))]  # [MSG-1]
         if isinstance(command, protocol.Pm):
             return self._pm(session, command)
+        if isinstance(command, protocol.Nick):
+            return self._nick(session, command)
+        if isinstance(command, protocol.Act):
+            return [Broadcast(protocol.format_act(session.name, command.text))]  # [ACT-1]
         return self._users(session)
 
     def _pass(self, session: Session, command: protocol.Pass) -> list[Action]:
@@ -210,18 +216,38 @@ class ChatRoom:
         if self.limits.password is not None and not session.password_accepted:
             raise ProtocolError(ErrorCode.PASSWORD_REQUIRED, "send PASS <password> first")
         name = command.name
+        key = self._check_name(name)
+        session.name = name
+        self._members[key] = session
+        # Register first, so that the JOIN reaches the newcomer too ([USER-1]).
+        return [Register(session), Broadcast(protocol.format_join(name))]
+
+    def _check_name(self, name: str, holder: Session | None = None) -> str:
+        """[NAME-1] and [NAME-2]: the name's key, if `name` may be registered
+        (by `holder`, who may change the case of its own name)."""
         if not protocol.is_valid_name(name):
             raise ProtocolError(
                 ErrorCode.BAD_NAME,
                 f"a name is a letter, then up to {self.limits.name_max - 1} letters, digits, _ or -",
             )
         key = protocol.name_key(name)
-        if key in self._members:
-            raise ProtocolError(ErrorCode.NAME_TAKEN, f"{name} is taken")  # [NAME-2]
-        session.name = name
-        self._members[key] = session
-        # Register first, so that the JOIN reaches the newcomer too ([USER-1]).
-        return [Register(session), Broadcast(protocol.format_join(name))]
+        if self._members.get(key, holder) is not holder:
+            raise ProtocolError(ErrorCode.NAME_TAKEN, f"{name} is taken")
+        return key
+
+    def _nick(self, session: Session, command: protocol.Nick) -> list[Action]:
+        # [NICK-3]: BAD_SYNTAX (parser) and NOT_REGISTERED (_dispatch) came first.
+        key = self._check_name(command.name, holder=session)
+        old = session.name
+        # One call, under the server's one lock: the change and its line take
+        # effect at one instant, in the room's order ([NICK-2]).
+        # The member keeps its place in the join order (a rebuild, O(members),
+        # as rare as a person renaming).
+        old_key = protocol.name_key(old)
+        self._members = {key if member_key == old_key else member_key: member
+                         for member_key, member in self._members.items()}
+        session.name = command.name
+        return [Broadcast(protocol.format_nick(old, command.name))]  # [NICK-1]
 
     def _pm(self, session: Session, command: protocol.Pm) -> list[Action]:
         recipient = self._members.get(protocol.name_key(command.name))

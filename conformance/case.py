@@ -173,14 +173,14 @@ class CaseContext:
             return self._names[alias]
 
     def is_outsider(self, text: str) -> bool:
-        """A JOIN, LEAVE or MSG of a name this case did not make.
+        """A JOIN, LEAVE, MSG, NICK or ACT of a name this case did not make.
 
         Only a well-formed name can be somebody else's: `JOIN alice<CR>` (a CR LF
         server) is a malformed line about nobody, and the case must see it
         rather than skip it and report a timeout.
         """
         fields = text.split(" ", 2)
-        return (fields[0] in ("JOIN", "LEAVE", "MSG") and len(fields) > 1
+        return (fields[0] in ("JOIN", "LEAVE", "MSG", "NICK", "ACT") and len(fields) > 1
                 and is_valid_name(fields[1]) and fields[1].lower() not in self._case_names)
 
     # -- connections ------------------------------------------------------------------------

@@ -31,7 +31,12 @@ import time
 from collections.abc import Callable
 
 from conformance.case import CaseContext, python_case
-from conformance.grammar import HELLO_PARAMETERS, hello_order_problems, parse_hello
+from conformance.grammar import (
+    HELLO_PARAMETERS,
+    OPTIONAL_COMMAND_PARAMETERS,
+    hello_order_problems,
+    parse_hello,
+)
 from conformance.outcome import CaseCancelled, CheckFailed
 from conformance.peer import Closed, Line, Peer, TimedOut, describe
 
@@ -460,6 +465,42 @@ def users_snapshot(ctx: CaseContext) -> None:
     if len(snapshots) < 2:  # at least one while clients came and went, and the final one
         raise ctx.fail("several USERS replies while clients came and went", f"{len(snapshots)} replies",
                        ids=["USERS-2"])
+
+
+# -- 6.8 Optional commands ------------------------------------------------------------------------------
+
+#: The optional commands of SPEC.md 6.8: HELLO parameter -> a line using the verb.
+OPTIONAL_COMMANDS = dict(zip(OPTIONAL_COMMAND_PARAMETERS, ("NICK somebody", "ACT waves"), strict=True))
+
+
+@python_case("optional-commands-not-advertised", covers=["CMD-5"], quote=[
+    "A server that does not advertise it (no parameter, or the value 0) MUST answer it with "
+    "`ERR UNKNOWN_COMMAND`, like any verb not in chat/1.",
+])
+def optional_commands_not_advertised(ctx: CaseContext) -> None:
+    """Each optional command the server does not advertise is an unknown verb,
+    before and after USER. A server that advertises them all is checked by
+    their own cases; then, when the kit starts the reference server itself,
+    it checks one started without them."""
+    absent = {parameter: line for parameter, line in OPTIONAL_COMMANDS.items()
+              if not ctx.hello.get(parameter)}
+    address = None
+    if not absent:
+        server = ctx.start_private_server(**{parameter: 0 for parameter in OPTIONAL_COMMANDS})
+        address, absent = server.address, dict(OPTIONAL_COMMANDS)
+    alice = ctx.peer("alice", address=address)
+    hello = parse_hello(expect_hello(alice).text)
+    for parameter, line in absent.items():
+        if hello.get(parameter):
+            raise ctx.fail(f"HELLO without {parameter}=1", f"{parameter}={hello.get(parameter)}",
+                           ids=("CMD-4",), who="alice")
+        alice.send_line(line)
+        alice.expect_error("UNKNOWN_COMMAND", ids=("CMD-5",))
+    bob = ctx.register("bob", peer=ctx.peer("bob", address=address))
+    for line in absent.values():
+        bob.send_line(line)
+        bob.expect_error("UNKNOWN_COMMAND", ids=("CMD-5",))
+    bob.quiet(ids=("CMD-5",))
 
 
 # -- 6.2 and 8. Ordering ---------------------------------------------------------------------------------

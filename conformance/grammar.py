@@ -23,6 +23,9 @@ HELLO_PARAMETERS = (
     "ping-interval", "ping-timeout", "flood-rate", "flood-burst", "outbound-max", "password",
 )
 
+#: HELLO parameters of the optional commands (SPEC.md 6.8, [CMD-4]): 1 means offered.
+OPTIONAL_COMMAND_PARAMETERS = ("nick", "action")
+
 # -- the grammar, as regular expressions over decoded text ---------------------------
 
 # utf8-nonascii: any code point >= U+00A0 other than U+061C, U+200E, U+200F,
@@ -51,6 +54,9 @@ SERVER_LINE = re.compile("|".join(f"(?:{form})" for form in (
     rf"PONG {TOKEN}",
     r"OK PASS",
     rf"ERR {CODE} {TEXT}",
+    # The optional commands of SPEC.md 6.8 (sent only by servers that advertise them).
+    rf"NICK {NAME} {NAME}",
+    rf"ACT {NAME} {TEXT}",
 )))
 
 _NAME_RE = re.compile(NAME)

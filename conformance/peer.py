@@ -417,6 +417,10 @@ class Peer:
         elif fields[0] == "NAMES":
             for name in fields[1:]:
                 self._presence.setdefault(name, "in")
+        elif fields[0] == "NICK" and len(fields) == 3:
+            # [NICK-2]: the old name's LEAVE and the new name's JOIN, for [LEAVE-4].
+            self._presence[fields[1]] = "out"
+            self._presence[fields[2]] = "in"
         elif fields[0] == "LEAVE" and len(fields) == 3:
             key = fields[1]
             if self._presence.get(key) == "out":

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from conformance.case import PYTHON_CASES, Case, CaseContext, Target, session_case
-from conformance.grammar import HELLO_PARAMETERS
+from conformance.grammar import HELLO_PARAMETERS, OPTIONAL_COMMAND_PARAMETERS
 from conformance.outcome import CaseCancelled, CheckFailed, NotApplicable
 from conformance.peer import DEFAULT_TIMEOUT, Peer, Transcript
 from conformance.report import (
@@ -54,7 +54,8 @@ DEFAULT_CASE_CAP = 30.0
 #: The reason of every case after a failed preflight probe.
 NOT_RUN = "not run: the server did not greet with HELLO"
 #: Features --expect-feature accepts: HELLO parameters whose 0 means "off", and TLS.
-FEATURES = tuple(p for p in HELLO_PARAMETERS if p not in ("line-max", "name-max")) + ("tls",)
+FEATURES = (tuple(p for p in HELLO_PARAMETERS if p not in ("line-max", "name-max"))
+            + OPTIONAL_COMMAND_PARAMETERS + ("tls",))
 
 
 def all_cases(spec: Spec) -> list[Case]:

@@ -138,6 +138,9 @@ class NoEchoServer(BrokenServer):
         "FRAME-5", "FRAME-6", "FRAME-10",        # line-max-boundary, server-line-maximum, half-close
         "ORDER-5",                               # concurrent-senders: 60 of 90 MSGs
         "LIMIT-7",                               # shutdown: waits for alice's MSG first
+        "CMD-4", "NICK-1", "NICK-2",             # nick-change: MSG as the new name
+        "NICK-3", "CMD-5", "ERR-3",              # nick-refused: MSG after the refusals
+        "ACT-1", "ACT-2",                        # act-to-everyone: bob's MSG before his ACT
     })
 
 
@@ -161,6 +164,7 @@ class LeaksToUnregisteredServer(BrokenServer):
     consequences = frozenset({
         "USER-1",   # user-join-to-all and join-first-in-busy-room cover it beside USER-3
         "LIMIT-7",  # shutdown: the unregistered client gets a MSG where ERR SHUTTING_DOWN is due
+        "NICK-3", "CMD-5", "ERR-3",  # nick-refused: carol, unregistered, gets alice's MSG
     })
 
 
@@ -324,6 +328,7 @@ class WrongErrorCodeServer(BrokenServer):
         "GRAM-1", "FRAME-1", "FRAME-3",         # server-lines-well-formed
         "PASS-4", "PING-3", "FRAME-9",          # state-table-connected
         "USER-2",                               # state-table-registered
+        "CMD-5",                                # optional-commands-not-advertised
     })
 
 
@@ -347,12 +352,14 @@ class CrlfServer(BrokenServer):
     breaks = frozenset({"FRAME-3"})
     # The kit keeps the CR in a line's text, so no expected line ever matches: every case
     # fails at its first expectation, citing what it covers (most often USER-1, at the JOIN
-    # of `register`). HELLO's last parameter, `password=0\r`, is no number (HELLO-2), so
-    # the password cases do not apply.
+    # of `register`). HELLO's last parameter is `action=1\r` (CMD-4), no number, so
+    # `password=` is read and the password cases apply, and fail (PASS-1, PASS-2).
     consequences = frozenset({
         "USER-1", "HELLO-2", "HELLO-3", "GRAM-1", "GRAM-2", "FRAME-1", "FRAME-9", "FRAME-11",
         "CMD-2", "CMD-3", "ERR-2", "STATE-1", "NAME-1", "PASS-4", "PING-1", "PING-2", "PING-3",
         "MSG-1", "MSG-2", "PM-1", "LEAVE-1", "LIMIT-1", "LIMIT-2",
+        "PASS-1", "PASS-2",                       # password-required, password-accepted
+        "CMD-4", "NICK-1", "NICK-2", "CMD-5",     # nick-change, optional-commands-not-advertised
     })
 
     def _deliver(self, connection, data: bytes) -> bool:

@@ -1,8 +1,8 @@
-"""Tests of the chat/1 client, chat/client.py.
+"""Tests of the chat/1 client as a program (chat/client.py, chat/cli.py), piped.
 
-First the pure ClientSession (typed input to protocol lines, server lines to
-display text), then the real client as a subprocess: piped, the way a script
-uses it, and under a pseudo-terminal, the way a person does. The server runs
+The real client as a subprocess, piped, the way a script uses it. The pure
+parts are tested in test_client_core.py and test_cli.py; the full screen, the
+way a person uses it, in test_cli_screen.py. The server runs
 in-process on a free port (conftest.py); a raw client, the observer, watches
 what the room receives. Nothing sleeps: every wait reads until the expected
 output, with a deadline.
@@ -11,24 +11,19 @@ output, with a deadline.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import re
 import select
-import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
 from chat import client
-from chat.client import ClientSession, Notice, Quit, Reaction, Send, printable
 from chat.server import ChatServer
 from tests.conftest import TEST_LIMITS, LineClient
 
@@ -40,237 +35,13 @@ HELLO = ("HELLO chat/1 line-max={line_max} name-max=32 max-clients=0 max-per-add
          "outbound-max=0 password={password} future-param=7")
 
 
-def greeted_session(line_max: int = 1024, password: int = 0) -> ClientSession:
-    session = ClientSession()
-    assert session.receive(HELLO.format(line_max=line_max, password=password)) == Reaction()
-    return session
-
-
-def registered_session(name: str = "alice", line_max: int = 1024) -> ClientSession:
-    session = greeted_session(line_max)
-    session.sent(f"USER {name}")
-    session.receive(f"JOIN {name}")
-    assert session.registered and session.unacknowledged == 0
-    return session
-
-
-# ---------------------------------------------------------------------------
-# What the user types
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("typed, action", [
-    ("hello there", Send("MSG hello there")),
-    ("  spaces kept  ", Send("MSG   spaces kept  ")),
-    ("@bob psst", Send("PM bob psst")),
-    ("@bob  two spaces", Send("PM bob  two spaces")),
-    ("/users", Send("USERS")),
-    ("/users  ", Send("USERS")),
-    ("/quit", Quit()),
-    ("exit", Quit()),
-    ("exit ", Quit()),
-    # A leading space sends a line as it is, commands and all.
-    (" exit", Send("MSG  exit")),
-    (" /users", Send("MSG  /users")),
-    (" @bob hi", Send("MSG  @bob hi")),
-    ("", None),
-    ("   ", None),
-])
-def test_typed_line_becomes_this_action(typed, action):
-    assert registered_session().interpret(typed) == action
-
-
-@pytest.mark.parametrize("typed", ["@", "@bob", "@bob   ", "@ hello", "@9lives hi", "@b*b hi"])
-def test_at_without_a_name_and_text_shows_usage_and_sends_nothing(typed):
-    assert registered_session().interpret(typed) == Notice("usage: @name text")
-
-
-def test_help_lists_the_commands():
-    action = registered_session().interpret("/help")
-    assert isinstance(action, Notice)
-    for command in ("@name text", "/users", "/quit", "exit", "/help"):
-        assert command in action.text
-
-
-@pytest.mark.parametrize("typed", ["/nick bob", "/", "/USERS", "/quit now"])
-def test_unknown_slash_command_is_explained_not_sent(typed):
-    action = registered_session().interpret(typed)
-    assert isinstance(action, Notice) and "unknown command" in action.text
-
-
-def test_msg_up_to_the_advertised_line_max_is_sent():
-    session = registered_session(line_max=64)
-    text = "x" * (64 - len("MSG \n"))
-    assert session.interpret(text) == Send(f"MSG {text}")
-
-
-@pytest.mark.parametrize("typed", [
-    "x" * (64 - len("MSG \n") + 1),
-    "é" * 30,  # 30 characters, but 60 bytes of UTF-8
-    "@bob " + "x" * (64 - len("PM bob \n") + 1),
-])
-def test_text_longer_than_the_advertised_line_max_is_refused_locally(typed):
-    action = registered_session(line_max=64).interpret(typed)
-    assert isinstance(action, Notice)
-    assert action.text.startswith("not sent:") and "too long" in action.text
-
-
-def test_text_with_a_control_character_is_refused_locally():
-    action = registered_session().interpret("tab\there")
-    assert isinstance(action, Notice) and action.text.startswith("not sent:")
-
-
-# ---------------------------------------------------------------------------
-# What the server sends
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("line, shown", [
-    ("MSG bob hello there", "<bob> hello there"),
-    ("MSG bob  leading space", "<bob>  leading space"),
-    ("PM bob alice psst", "[bob -> alice] psst"),
-    ("JOIN bob", "* bob joined"),
-    ("LEAVE bob quit", "* bob left (quit)"),
-    ("LEAVE bob timeout", "* bob left (timeout)"),
-    ("ERR NO_SUCH_USER carol is not online", "! NO_SUCH_USER carol is not online"),
-    ("ERR NEW_CODE from a newer server", "! NEW_CODE from a newer server"),
-    # Lines this client does not know, or that break the grammar, are shown raw.
-    ("TOPIC something new", "? TOPIC something new"),
-    ("MSG bob", "? MSG bob"),
-    ("PM bob", "? PM bob"),
-])
-def test_server_line_is_shown_as(line, shown):
-    assert registered_session().receive(line) == Reaction(show=shown)
-
-
-def test_server_ping_is_answered_with_pong_silently():
-    """[PING-4]: a client MUST answer a server's PING with PONG, same token."""
-    session = registered_session()
-    assert session.receive("PING keepalive-1") == Reaction(answer="PONG keepalive-1")
-    session.sent("PONG keepalive-1")
-    assert session.unacknowledged == 0  # A PONG gets no reply ([PING-3]).
-
-
-def test_users_reply_is_collected_and_shown_sorted():
-    session = registered_session()
-    assert session.interpret("/users") == Send("USERS")
-    session.sent("USERS")
-    assert session.receive("NAMES carol Bob") == Reaction()
-    assert session.receive("NAMES alice") == Reaction()
-    assert session.receive("ENDNAMES 3") == Reaction(show="* online (3): alice, Bob, carol")
-    assert session.unacknowledged == 0
-
-
-def test_hello_gives_line_max_and_password_and_unknown_parameters_are_ignored():
-    """[GRAM-3]: clients MUST ignore HELLO parameters they do not know."""
-    session = greeted_session(line_max=512, password=1)
-    assert session.greeted and session.server_version == "chat/1"
-    assert session.line_max == 512 and session.password_required
-
-
-def test_control_characters_from_the_server_never_reach_the_terminal():
-    shown = registered_session().receive("MSG mallory \x1b[2J\x07gotcha\u202e").show
-    assert shown == "<mallory> \ufffd[2J\ufffdgotcha\ufffd"
-    assert printable("plain, émoji 👩\u200d👩\u200d👧, nbsp\u00a0") == \
-        "plain, émoji 👩\u200d👩\u200d👧, nbsp\u00a0"
-
-
-# ---------------------------------------------------------------------------
-# Acknowledgements, registration and the end
-# ---------------------------------------------------------------------------
-
-
-def test_only_the_own_echo_acknowledges_a_msg():
-    session = registered_session("alice")
-    session.sent("MSG hi")
-    session.receive("MSG bob hi")
-    assert session.unacknowledged == 1
-    session.receive("MSG alice hi")
-    assert session.unacknowledged == 0
-
-
-def test_pm_is_acknowledged_by_the_senders_copy_not_by_one_received():
-    session = registered_session("alice")
-    session.sent("PM bob psst")
-    session.receive("PM bob alice unrelated")
-    assert session.unacknowledged == 1
-    session.receive("PM alice bob psst")
-    assert session.unacknowledged == 0
-
-
-def test_non_closing_err_acknowledges_the_command_it_refuses():
-    session = registered_session()
-    session.sent("PM nobody hi")
-    session.receive("ERR NO_SUCH_USER nobody is not online")
-    assert session.unacknowledged == 0 and session.last_error == "NO_SUCH_USER"
-
-
-def test_own_join_registers_and_refusals_are_kept_by_code():
-    """[ERR-1]: clients MUST NOT depend on the text of an ERR, only on its code."""
-    session = greeted_session()
-    session.sent("USER bob")
-    assert session.receive("ERR NAME_TAKEN any text at all") == \
-        Reaction(show="! NAME_TAKEN any text at all")
-    assert not session.registered and session.last_error == "NAME_TAKEN"
-    session.sent("USER Bob2")
-    assert session.receive("JOIN Bob2") == Reaction(show="* Bob2 joined")
-    assert session.name == "Bob2" and session.last_error is None
-
-
-def test_ok_pass_acknowledges_pass():
-    session = greeted_session(password=1)
-    session.sent("PASS secret")
-    assert session.receive("OK PASS") == Reaction()
-    assert session.unacknowledged == 0 and session.last_error is None
-
-
-def test_bad_password_is_the_reply_to_pass_and_ends_the_session():
-    session = greeted_session(password=1)
-    session.sent("PASS guess")
-    session.receive("ERR BAD_PASSWORD wrong password")
-    assert session.unacknowledged == 0 and session.last_error == "BAD_PASSWORD"
-    assert session.connection_ended() == "* disconnected"
-    assert session.exit_status() == 1
-
-
-def test_leaving_as_planned_exits_zero_silently():
-    session = registered_session("alice")
-    session.sent("LEAVE")
-    assert session.receive("LEAVE alice quit") == Reaction(show="* alice left (quit)")
-    assert session.connection_ended() is None
-    assert session.exit_status() == 0
-
-
-def test_server_shutdown_exits_zero():
-    session = registered_session()
-    session.receive("ERR SHUTTING_DOWN the server is shutting down")
-    assert session.connection_ended() == "* disconnected"
-    assert session.exit_status() == 0
-
-
-def test_server_shutdown_with_lines_unacknowledged_exits_non_zero():
-    session = registered_session()
-    session.sent("MSG lost")
-    session.receive("ERR SHUTTING_DOWN the server is shutting down")
-    assert "1 line(s)" in session.connection_ended()
-    assert session.exit_status() == 1
-
-
-@pytest.mark.parametrize("last_line", [None, "ERR PING_TIMEOUT no answer", "ERR SLOW_CONSUMER behind"])
-def test_any_other_end_exits_non_zero(last_line):
-    session = registered_session()
-    if last_line:
-        session.receive(last_line)
-    assert session.connection_ended().startswith("* disconnected")
-    assert session.exit_status() == 1
-
-
-def test_help_documents_the_exit_status(capsys):
+def test_help_documents_the_exit_status_and_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         client.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "exit status:" in out and "--password-file" in out and "--cafile" in out
+    assert "/nick name" in out and "/query name" in out
 
 
 # ---------------------------------------------------------------------------
@@ -394,17 +165,23 @@ def test_piped_line_without_a_final_newline_is_sent_too(server, observer):
 
 
 @pytest.mark.timeout(30)
-def test_overlong_and_unknown_input_is_explained_and_not_sent(make_server, connect):
+def test_a_line_longer_than_line_max_is_split_and_a_tab_expanded_not_refused(make_server, connect):
+    # The old client refused both ("41 bytes too long", BAD_CHARACTER).
     server = make_server(dataclasses.replace(TEST_LIMITS, line_max=64))
     observer = connect(server.address).register("observer")
-    result = run_piped(server.address[1], "--name", "bot",
-                       input="x" * 100 + "\n/nick bob\nshort\n")
+    words = " ".join(f"word{number}" for number in range(20))
+    result = run_piped(server.address[1], "--name", "bot", input=words + "\n/frob\na\tb\n")
     assert result.returncode == 0, result.stderr
     observer.expect("JOIN bot")
-    observer.expect("MSG bot short")  # Nothing before it: the long line was not sent.
-    errors = result.stderr.decode()
-    assert "not sent: the text is 41 bytes too long" in errors
-    assert "unknown command /nick" in errors
+    pieces = []
+    while len(" ".join(pieces)) < len(words):
+        line = observer.line()
+        assert line.startswith("MSG bot ")
+        pieces.append(line.removeprefix("MSG bot "))
+        assert len(f"MSG {pieces[-1]}\n".encode()) <= 64  # What the client sent fits line-max.
+    assert " ".join(pieces) == words
+    observer.expect("MSG bot a       b")
+    assert "unknown command /frob" in result.stderr.decode()
 
 
 @pytest.mark.timeout(30)
@@ -530,125 +307,3 @@ def test_tls_client_refuses_an_untrusted_certificate(tls_server):
     assert "CERTIFICATE_VERIFY_FAILED" in result.stderr.decode()
 
 
-# ---------------------------------------------------------------------------
-# Integration: a person at a terminal
-# ---------------------------------------------------------------------------
-
-
-class TerminalClient:
-    """The client under a pseudo-terminal: `type` is the keyboard, `expect`
-    reads the screen (the raw bytes, escape sequences included)."""
-
-    def __init__(self, processes, port: int, *args: str) -> None:
-        self.master, slave = os.openpty()
-        # 80 x 24, like a new terminal window (a pty starts at 0 x 0).
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        env = client_env(TERM="xterm", INPUTRC=os.devnull)
-        self.process = subprocess.Popen(client_command("--port", str(port), *args),
-                                        stdin=slave, stdout=slave, stderr=slave, env=env,
-                                        cwd=REPO, start_new_session=True)
-        processes.append(self.process)
-        os.close(slave)
-        self.screen = bytearray()
-        self._position = 0  # Expectations match only output after the last match.
-
-    def type(self, keys: bytes) -> None:
-        os.write(self.master, keys)
-
-    def expect(self, pattern: str) -> re.Match:
-        match = read_until(self.master, pattern, self.screen, self._position)
-        self._position = match.end()
-        return match
-
-    def close(self) -> None:
-        os.close(self.master)
-
-
-@pytest.fixture
-def terminals(processes):
-    opened: list[TerminalClient] = []
-
-    def start(port: int, *args: str) -> TerminalClient:
-        terminal = TerminalClient(processes, port, *args)
-        opened.append(terminal)
-        return terminal
-
-    yield start
-    for terminal in opened:
-        if terminal.process.poll() is None:
-            terminal.process.kill()
-            terminal.process.wait()
-        terminal.close()
-
-
-@pytest.mark.timeout(30)
-def test_incoming_line_is_printed_above_the_partly_typed_line(server, observer, terminals):
-    alice = terminals(server.address[1], "--name", "alice")
-    observer.expect("JOIN alice")
-    alice.expect(r"\* online \(2\): alice, observer\r\nalice> ")
-    alice.type(b"hel")
-    alice.expect("hel")
-    observer.send("MSG hi alice")
-    # The message on its own line, then the prompt and the partial line redrawn.
-    alice.expect(r"\r\x1b\[K<observer> hi alice\r\nalice> hel")
-    alice.type(b"lo\r")
-    observer.expect("MSG observer hi alice")
-    observer.expect("MSG alice hello")
-    # The prompt comes back once the server has echoed the line.
-    alice.expect(r"<alice> hello\r\nalice> ")
-    alice.type(b"\x04")  # Ctrl-D on an empty line: leave.
-    observer.expect("LEAVE alice quit")
-    alice.expect(r"\* alice left \(quit\)")
-    assert alice.process.wait(DEADLINE) == 0
-
-
-@pytest.mark.timeout(30)
-def test_refused_name_is_asked_for_again_at_a_terminal(server, observer, terminals):
-    alice = terminals(server.address[1])
-    alice.expect("name: ")
-    alice.type(b"Observer\r")
-    alice.expect(r"! NAME_TAKEN .*\r\n")
-    alice.expect("name: ")
-    alice.type(b"alice\r")
-    observer.expect("JOIN alice")
-    alice.expect(r"\* online \(2\): alice, observer\r\nalice> ")
-    alice.type(b"/quit\r")
-    observer.expect("LEAVE alice quit")
-    assert alice.process.wait(DEADLINE) == 0
-
-
-@pytest.mark.timeout(30)
-def test_server_shutdown_ends_a_terminal_client_while_typing(server, observer, terminals):
-    alice = terminals(server.address[1], "--name", "alice")
-    alice.expect(r"\* online \(2\): alice, observer\r\nalice> ")
-    alice.type(b"unfinished")
-    alice.expect("unfinished")
-    server.shutdown()
-    alice.expect(r"! SHUTTING_DOWN")
-    assert alice.process.wait(DEADLINE) == 0
-
-
-@pytest.mark.timeout(30)
-def test_ctrl_c_leaves_gracefully_with_status_130(server, observer, terminals):
-    alice = terminals(server.address[1], "--name", "alice")
-    observer.expect("JOIN alice")
-    alice.expect(r"\* online \(2\): alice, observer\r\nalice> ")
-    alice.type(b"never sent")
-    alice.expect("never sent")
-    # What Ctrl-C does. (The test's pseudo-terminal is not the client's
-    # controlling terminal, so the key itself would send no signal.)
-    alice.process.send_signal(signal.SIGINT)
-    # CPython's readline looks for signals only when one interrupts its
-    # select(): a signal that lands while it is still busy with the keys just
-    # typed waits for the next one. A person is never that quick; this test
-    # is, so it adds harmless SIGWINCHs (window resizes) until alice leaves.
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        try:
-            line = observer.line(deadline=0.2)
-            break
-        except TimeoutError:
-            assert time.monotonic() < deadline, "Ctrl-C did not make the client leave"
-            alice.process.send_signal(signal.SIGWINCH)
-    assert line == "LEAVE alice quit"
-    assert alice.process.wait(DEADLINE) == 130

@@ -248,7 +248,7 @@ def test_control_characters_are_bad_character(connect, bystander, registered, pa
 @both_states
 @pytest.mark.parametrize("line", [
     "msg hi", "Msg hi", "user bob", "users", "ping x", "leave",   # verbs are case-sensitive
-    "HELLO", "QUIT", "JOIN #room", "NICK bob", "PRIVMSG bob :hi", "NAMES",
+    "HELLO", "QUIT", "JOIN #room", "WHOIS bob", "PRIVMSG bob :hi", "NAMES",
     " MSG hi",                 # a leading space: the verb is empty
     " ",                       # a line of one space is not an empty line
     "MSG\u00a0hi",             # NO-BREAK SPACE is not the separator

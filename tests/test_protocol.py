@@ -196,7 +196,7 @@ def test_hello_advertises_every_limit_in_order():
     hello = protocol.format_hello(Limits(register_timeout=7, password="pw"))
     assert hello == (b"HELLO chat/1 line-max=1024 name-max=32 max-clients=1000 max-per-address=10 "
                      b"register-timeout=7 ping-interval=60 ping-timeout=30 flood-rate=10 "
-                     b"flood-burst=20 outbound-max=262144 password=1\n")
+                     b"flood-burst=20 outbound-max=262144 password=1 nick=1 action=1\n")
 
 
 @pytest.mark.parametrize("field, value", [("register_timeout", 0.5), ("flood_rate", -1), ("line_max", "9")])
@@ -243,3 +243,89 @@ def test_hello_params_keeps_unknown_keys_and_skips_junk():
 def test_formatted_lines_round_trip_through_the_client_parser():
     line = protocol.format_pm("alice", "bob", "x y").decode().rstrip("\n")
     assert protocol.parse_reply(line).fields == ("alice", "bob", "x y")
+
+
+# ---------------------------------------------------------------------------
+# Server lines, typed (for clients)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, value", [
+    ("HELLO chat/1 line-max=512 shiny-new=7 junk password=0",
+     protocol.ServerHello("chat/1", (("line-max", 512), ("shiny-new", 7), ("password", 0)))),
+    ("JOIN alice", protocol.ServerJoin("alice")),
+    ("LEAVE alice quit", protocol.ServerLeave("alice", "quit")),
+    ("MSG alice hi  there ", protocol.ServerMsg("alice", "hi  there ")),
+    ("PM alice bob a b c", protocol.ServerPm("alice", "bob", "a b c")),
+    ("NAMES a b c", protocol.ServerNames(("a", "b", "c"))),
+    ("ENDNAMES 3", protocol.ServerEndNames(3)),
+    ("PING t1", protocol.ServerPing("t1")),
+    ("PONG t1", protocol.ServerPong("t1")),
+    ("OK PASS", protocol.ServerOk("PASS")),
+    ("ERR NAME_TAKEN alice is taken", protocol.ServerErr("NAME_TAKEN", "alice is taken")),
+    ("ERR NEWER_CODE", protocol.ServerErr("NEWER_CODE", "")),
+])
+def test_server_line_is_parsed_into_its_typed_value(line, value):
+    assert protocol.parse_server_line(line) == value
+
+
+@pytest.mark.parametrize("line", [
+    "", "FUTURE x y", "HELLO", "JOIN", "JOIN 9lives", "LEAVE alice", "MSG alice",
+    "MSG 9x hi", "PM alice bob", "PM alice 9x hi", "NAMES", "NAMES a 9b", "ENDNAMES x",
+    "PING", "PONG " + "x" * 65, "OK", "ERR",
+])
+def test_server_line_that_breaks_its_rule_is_unknown_not_an_exception(line):
+    assert protocol.parse_server_line(line) == protocol.ServerUnknown(line)
+
+
+def test_server_hello_param_with_default():
+    hello = protocol.parse_server_line("HELLO chat/1 line-max=512")
+    assert hello.param("line-max") == 512 and hello.param("nick") == 0
+
+
+@pytest.mark.parametrize("code, closes", [
+    ("BAD_PASSWORD", True), ("NAME_TAKEN", False), ("SOME_FUTURE_CODE", False)])
+def test_server_err_knows_which_codes_close(code, closes):
+    assert protocol.ServerErr(code, "").closes is closes
+
+
+@pytest.mark.parametrize("line, command", [
+    (b"NICK carol", protocol.Nick("carol")),
+    (b"NICK 9x", protocol.Nick("9x")),  # The room checks the name ([NICK-3]).
+    (b"ACT  waves ", protocol.Act(" waves ")),
+])
+def test_optional_commands_parse_where_offered(line, command):
+    assert protocol.parse_command(line, frozenset({"NICK", "ACT"})) == command
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"NICK", ErrorCode.BAD_SYNTAX), (b"ACT", ErrorCode.BAD_SYNTAX), (b"ACT  ", ErrorCode.BAD_SYNTAX)])
+def test_optional_commands_syntax(line, code):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.parse_command(line, frozenset({"NICK", "ACT"}))
+    assert raised.value.code is code
+
+
+@pytest.mark.parametrize("line", [b"NICK carol", b"NICK", b"ACT x"])
+def test_optional_commands_not_offered_are_unknown(line):
+    with pytest.raises(ProtocolError) as raised:
+        protocol.parse_command(line)
+    assert raised.value.code is ErrorCode.UNKNOWN_COMMAND
+
+
+@pytest.mark.parametrize("line, value", [
+    ("NICK alice carol", protocol.ServerNick("alice", "carol")),
+    ("ACT alice waves  hi", protocol.ServerAct("alice", "waves  hi")),
+])
+def test_optional_server_lines_are_typed(line, value):
+    assert protocol.parse_server_line(line) == value
+
+
+@pytest.mark.parametrize("line", ["NICK alice", "NICK alice 9x", "ACT alice", "ACT 9x hi"])
+def test_broken_optional_server_lines_are_unknown(line):
+    assert protocol.parse_server_line(line) == protocol.ServerUnknown(line)
+
+
+def test_optional_server_lines_format():
+    assert protocol.format_nick("alice", "carol") == b"NICK alice carol\n"
+    assert protocol.format_act("alice", "waves") == b"ACT alice waves\n"

@@ -237,3 +237,61 @@ def test_token_bucket_allows_a_burst_then_the_rate():
 
 def test_token_bucket_off():
     assert TokenBucket(rate=0, burst=0, now=0.0).delay(0.0) == 0.0
+
+
+# -- optional commands (SPEC.md 6.8): NICK and ACT ------------------------------------------
+
+
+def test_nick_renames_at_one_instant_and_frees_the_old_name(room):
+    alice, bob = register(room, "alice"), register(room, "bob")
+    assert room.handle(alice, b"NICK carol", 1.0) == [Broadcast(b"NICK alice carol\n")]
+    assert room.handle(bob, b"MSG hi", 1.0) == [Broadcast(b"MSG bob hi\n")]
+    assert room.handle(alice, b"MSG me", 1.0) == [Broadcast(b"MSG carol me\n")]
+    assert error_code(room.handle(bob, b"PM alice hi", 1.0)) is ErrorCode.NO_SUCH_USER
+    assert room.handle(bob, b"PM CAROL hi", 1.0) == [
+        Send(alice, b"PM bob carol hi\n"), Send(bob, b"PM bob carol hi\n")]
+    # The old name is free; the renamed member keeps its place in the list.
+    register(room, "alice")
+    assert room.handle(bob, b"USERS", 1.0) == [
+        Send(bob, b"NAMES carol bob alice\n"), Send(bob, b"ENDNAMES 3\n")]
+
+
+def test_nick_may_change_the_case_of_ones_own_name(room):
+    alice = register(room, "alice")
+    assert room.handle(alice, b"NICK ALICE", 1.0) == [Broadcast(b"NICK alice ALICE\n")]
+    assert room.handle(alice, b"NICK ALICE", 1.0) == [Broadcast(b"NICK ALICE ALICE\n")]
+
+
+@pytest.mark.parametrize("line, code", [
+    (b"NICK", ErrorCode.BAD_SYNTAX),
+    (b"NICK 9lives", ErrorCode.BAD_NAME),
+    (b"NICK ", ErrorCode.BAD_NAME),
+    (b"NICK BOB", ErrorCode.NAME_TAKEN),
+])
+def test_refused_nick_changes_nothing(room, line, code):
+    alice, bob = register(room, "alice"), register(room, "bob")
+    assert error_code(room.handle(alice, line, 1.0)) is code
+    assert room.handle(alice, b"MSG still", 1.0) == [Broadcast(b"MSG alice still\n")]
+    assert bob.name == "bob"
+
+
+def test_nick_and_act_before_user_are_not_registered_after_syntax(room):
+    alice = connect(room)
+    assert error_code(room.handle(alice, b"NICK", 1.0)) is ErrorCode.BAD_SYNTAX
+    assert error_code(room.handle(alice, b"NICK 9x", 1.0)) is ErrorCode.NOT_REGISTERED
+    assert error_code(room.handle(alice, b"ACT", 1.0)) is ErrorCode.BAD_SYNTAX
+    assert error_code(room.handle(alice, b"ACT hi", 1.0)) is ErrorCode.NOT_REGISTERED
+
+
+def test_act_is_broadcast_with_its_text_unchanged(room):
+    alice = register(room, "alice")
+    assert room.handle(alice, b"ACT  waves  ", 1.0) == [Broadcast(b"ACT alice  waves  \n")]
+    assert error_code(room.handle(alice, b"ACT   ", 1.0)) is ErrorCode.BAD_SYNTAX
+
+
+@pytest.mark.parametrize("line", [b"NICK carol", b"NICK", b"ACT waves", b"ACT"])
+def test_without_the_features_nick_and_act_are_unknown_commands(line):
+    room = ChatRoom(Limits(register_timeout=0, ping_interval=0, nick=0, action=0))
+    alice = register(room, "alice")
+    assert error_code(room.handle(alice, line, 1.0)) is ErrorCode.UNKNOWN_COMMAND
+    assert b" nick=0 action=0" in protocol.format_hello(room.limits)
