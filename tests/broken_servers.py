@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import threading
+import unicodedata
 from typing import ClassVar
 
 import chat.server
@@ -45,7 +46,7 @@ from chat import protocol
 from chat.limits import Limits
 from chat.protocol import ErrorCode, LineBuffer
 from chat.server import DEFAULT_LIMITS, ChatServer
-from chat.state import Broadcast, ChatRoom, Send
+from chat.state import Broadcast, ChatRoom, Send, Session
 
 # -- the base ------------------------------------------------------------------------------
 
@@ -376,6 +377,139 @@ class BlockingFlusherServer(BrokenServer):
         return False  # nothing ever waits: it was all sent, however long that took
 
 
+# -- what issue 9 found passing: each needs a check the kit lacked -----------------------------
+
+
+class NfcMsgRoom(ChatRoom):
+    def _dispatch(self, session, command):
+        if isinstance(command, protocol.Msg):
+            command = protocol.Msg(unicodedata.normalize("NFC", command.text))  # the break
+        return super()._dispatch(session, command)
+
+
+class NfcMsgServer(BrokenServer):
+    """Breaks [MSG-1]: MSG text is normalised to Unicode NFC before it is relayed, so a
+    decomposed `e` plus U+0301 comes back as one character `\u00e9`."""
+
+    room_class = NfcMsgRoom
+    breaks = frozenset({"MSG-1"})
+
+
+class PongTokenUncheckedRoom(ChatRoom):
+    def handle(self, session, item, now):
+        if isinstance(item, bytes) and item.startswith(b"PONG ") and not session.closing:
+            session.last_heard, session.ping_sent_at = now, None
+            return []  # the break: any PONG with a field is a PONG, whatever the field
+        return super().handle(session, item, now)
+
+
+class PongTokenUncheckedServer(BrokenServer):
+    """Breaks [GRAM-2]: `PONG` with two tokens, or a token of 65 characters, gets no reply
+    instead of `ERR BAD_SYNTAX` (only a bare `PONG` is refused)."""
+
+    room_class = PongTokenUncheckedRoom
+    breaks = frozenset({"GRAM-2"})
+
+
+class NamesOneByteOverRoom(ChatRoom):
+    def _users(self, session):
+        names = [member.name for member in self._members.values()]
+        # The break: packs as if the LF did not count, so a full line is line-max + 1 bytes.
+        return [Send(session, line) for line in protocol.format_names(names, self.limits.line_max + 1)]
+
+
+class NamesOneByteOverServer(BrokenServer):
+    """Breaks [USERS-3]: NAMES lines are packed up to `line-max + 1` bytes (the LF is
+    forgotten), so a full one is one byte too long."""
+
+    room_class = NamesOneByteOverRoom
+    breaks = frozenset({"USERS-3"})
+
+
+class EarlyRegistrationTimerRoom(ChatRoom):
+    def tick(self, now):
+        actions = []
+        for session in list(self._sessions):
+            if (self.limits.register_timeout and not session.registered and not session.closing
+                    and now + 0.2 - session.connected_at >= self.limits.register_timeout):
+                actions += self._fail(session, ErrorCode.REGISTRATION_TIMEOUT, "too slow")  # 0.2 s early
+        return actions + super().tick(now)
+
+
+class EarlyRegistrationTimerServer(BrokenServer):
+    """Breaks [KEEP-4]: the registration timer fires 0.2 s before `register-timeout`."""
+
+    room_class = EarlyRegistrationTimerRoom
+    breaks = frozenset({"KEEP-4"})
+
+
+class RegistrationTimerFromLastLineRoom(ChatRoom):
+    def tick(self, now):
+        unregistered = [s for s in self._sessions if not s.registered]
+        saved = {s: s.connected_at for s in unregistered}
+        for session in unregistered:
+            session.connected_at = session.last_heard  # the break: counted from the last line
+        try:
+            return super().tick(now)
+        finally:
+            for session, connected_at in saved.items():
+                session.connected_at = connected_at
+
+
+class RegistrationTimerFromLastLineServer(BrokenServer):
+    """Breaks [KEEP-3]: the registration timer counts from the client's last line, not from
+    the connect, so a client that keeps sending PING never has to register."""
+
+    room_class = RegistrationTimerFromLastLineRoom
+    breaks = frozenset({"KEEP-3"})
+
+
+class FullPrecedenceSwappedRoom(ChatRoom):
+    def connect(self, address, now):
+        limits = self.limits
+        if (limits.max_clients and self._open >= limits.max_clients and limits.max_per_address
+                and self._per_address.get(address, 0) >= limits.max_per_address):
+            session = Session(next(self._ids), address, connected_at=now, last_heard=now)
+            return session, self._fail(session, ErrorCode.TOO_MANY_CONNECTIONS, "per address")  # the break
+        return super().connect(address, now)
+
+
+class FullPrecedenceSwappedServer(BrokenServer):
+    """Breaks [LIMIT-2]: when `max-clients` and `max-per-address` are both reached, the
+    refusal is `TOO_MANY_CONNECTIONS` instead of `SERVER_FULL`."""
+
+    room_class = FullPrecedenceSwappedRoom
+    breaks = frozenset({"LIMIT-2"})
+
+
+class CrThenLfLineBuffer(LineBuffer):
+    """Strips a CR only when its LF came in the same read."""
+
+    def __init__(self, line_max: int) -> None:
+        super().__init__(line_max)
+        self.cr_ended_last_read = False
+
+    def feed(self, data: bytes):
+        cr_ended_last_read, self.cr_ended_last_read = self.cr_ended_last_read, data.endswith(b"\r")
+        items = super().feed(data)
+        if cr_ended_last_read and data.startswith(b"\n") and items and isinstance(items[0], bytes):
+            items[0] += b"\r"  # the break: the CR is kept, a control character ([FRAME-8])
+        return items
+
+
+class CrThenLfServer(BrokenServer):
+    """Breaks [FRAME-2] and [FRAME-4]: a CR LF whose CR and LF arrive in two reads is not a
+    terminator; the CR stays in the line, which gets `ERR BAD_CHARACTER`."""
+
+    breaks = frozenset({"FRAME-2", "FRAME-4"})
+
+    def _admit(self, *args, **kwargs):
+        connection = super()._admit(*args, **kwargs)
+        if connection is not None:  # the same thread reads next: nothing was read yet
+            connection.lines = CrThenLfLineBuffer(self.limits.line_max)
+        return connection
+
+
 # -- not chat servers at all -------------------------------------------------------------------
 
 
@@ -455,6 +589,13 @@ SERVERS: dict[str, type[BrokenServer]] = {
     "no-line-limit": NoLineLimitServer,
     "crlf": CrlfServer,
     "blocking-flusher": BlockingFlusherServer,
+    "nfc-msg": NfcMsgServer,
+    "pong-token-unchecked": PongTokenUncheckedServer,
+    "names-one-byte-over": NamesOneByteOverServer,
+    "early-registration-timer": EarlyRegistrationTimerServer,
+    "registration-timer-from-last-line": RegistrationTimerFromLastLineServer,
+    "full-precedence-swapped": FullPrecedenceSwappedServer,
+    "cr-then-lf": CrThenLfServer,
 }
 
 #: Servers that are not chat servers: the kit's probe fails on HELLO-1 and nothing else runs.
