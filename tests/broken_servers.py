@@ -393,6 +393,7 @@ class NfcMsgServer(BrokenServer):
 
     room_class = NfcMsgRoom
     breaks = frozenset({"MSG-1"})
+    consequences = frozenset({"SEC-2", "FRAME-1"})  # msg-text-unchanged covers them beside MSG-1
 
 
 class PongTokenUncheckedRoom(ChatRoom):
@@ -409,6 +410,7 @@ class PongTokenUncheckedServer(BrokenServer):
 
     room_class = PongTokenUncheckedRoom
     breaks = frozenset({"GRAM-2"})
+    consequences = frozenset({"ERR-2", "CMD-3"})  # syntax-errors covers them beside GRAM-2
 
 
 class NamesOneByteOverRoom(ChatRoom):
