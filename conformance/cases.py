@@ -338,21 +338,45 @@ def name_length_boundary(ctx: CaseContext) -> None:
 # -- 6. USERS --------------------------------------------------------------------------------------------
 
 
+def _names_filling_one_line(line_max: int, name_max: int) -> list[int]:
+    """Name lengths whose NAMES line, all on one line, is exactly `line_max + 1`
+    bytes: `NAMES` and the names fill line_max bytes before the LF.
+
+    So a server that packs NAMES greedily (in any order) must cut this list
+    into two lines, and one whose bound is a byte off (it forgot the LF, or
+    compares with <= line_max + 1) sends the one line of line_max + 1 bytes.
+    Longest names first, then one or two shorter ones to land on the byte
+    (of five characters at least, so that random names do not clash).
+    """
+    longest = min(name_max, 32)
+    room = line_max - len("NAMES")          # bytes of " name" entries the line must hold
+    full = (room - 6) // (longest + 1)      # leave at least 6 bytes (" xxxxx") for the rest
+    rest = room - full * (longest + 1)      # 6 .. longest + 6 bytes: one or two names
+    tail = [rest - 1] if rest <= longest + 1 else [rest // 2 - 1, rest - rest // 2 - 1]
+    return [longest] * full + tail
+
+
 @python_case("users-long-list", covers=["USERS-3", "USERS-1"], quote=[
     "Each NAMES line MUST be at most `line-max` bytes.",
 ])
 def users_long_list(ctx: CaseContext) -> None:
     """So many long names that one NAMES line cannot hold them: the reply is
-    several NAMES lines, each within line-max, listing everyone once."""
+    several NAMES lines, each within line-max, listing everyone once.
+
+    The names are chosen so that, were they one line, it would be exactly
+    line-max + 1 bytes: a server packing greedily must split them, and one
+    whose bound is a byte off (it forgot the LF) sends that one line. The
+    order and the packing are the server's to choose, and with nobody else
+    in the room (the kit's own server) any greedy order lands on the byte.
+    """
     limit = ctx.hello.line_max
-    name_length = min(ctx.hello.name_max, 32)
-    per_line = (limit - len("NAMES\n")) // (name_length + 1)
-    needed = per_line + 1
+    lengths = _names_filling_one_line(limit, ctx.hello.name_max)
+    needed = len(lengths)
     budget = connection_budget(ctx, MOST_CONNECTIONS)
     ctx.require(needed <= budget, f"needs {needed} clients at once to overflow one NAMES line; the "
                 f"server's limits allow {budget}")
-    reader = ctx.register("reader", name=ctx.new_name(name_length))
-    others = [ctx.register(f"c{i}", name=ctx.new_name(name_length)) for i in range(needed - 1)]
+    reader = ctx.register("reader", name=ctx.new_name(lengths[0]))
+    others = [ctx.register(f"c{i}", name=ctx.new_name(length)) for i, length in enumerate(lengths[1:])]
     for other in others:
         reader.expect_line(f"JOIN {other.name}")
     reader.send_line("USERS")
@@ -378,65 +402,6 @@ def users_long_list(ctx: CaseContext) -> None:
         raise ctx.fail(f"all {len(expected)} names listed once and ENDNAMES equal to the count",
                        f"{len(listed)} listed, ENDNAMES {count}, missing {len(missing)}, "
                        f"doubled {len(doubles)}", ids=["USERS-1"], who="reader")
-
-
-def _names_filling_one_line(line_max: int, name_max: int) -> list[int]:
-    """Name lengths whose NAMES line, all on one line, is exactly `line_max + 1`
-    bytes: `NAMES` and the names fill line_max bytes before the LF.
-
-    So a server that packs NAMES greedily (in any order) must cut this list
-    into two lines, and one whose bound is a byte off (it forgot the LF, or
-    compares with <= line_max + 1) sends the one line of line_max + 1 bytes.
-    Longest names first, then one or two short ones to land on the byte.
-    """
-    longest = min(name_max, 32)
-    room = line_max - len("NAMES")          # bytes of " name" entries the line must hold
-    full = (room - 2) // (longest + 1)      # leave at least " x" for the last entry
-    rest = room - full * (longest + 1)      # 2 .. longest + 2 bytes: one or two short names
-    tail = [rest - 1] if rest <= longest + 1 else [rest // 2 - 1, rest - rest // 2 - 1]
-    return [longest] * full + tail
-
-
-@python_case("users-line-boundary", covers=["USERS-3", "USERS-1"], quote=[
-    "Each NAMES line MUST be at most `line-max` bytes.",
-])
-def users_line_boundary(ctx: CaseContext) -> None:
-    """Names whose NAMES line, were it one line, would be exactly line-max + 1
-    bytes: a server packing greedily must split them, and every NAMES line
-    must be at most line-max bytes. The order and the packing are the
-    server's to choose; the check is only the bound (and everyone listed
-    once). With nobody else in the room (the kit's own server) a greedy
-    packer with its bound one byte off lands exactly on line-max + 1, in
-    whatever order it lists the names."""
-    limit = ctx.hello.line_max
-    lengths = _names_filling_one_line(limit, ctx.hello.name_max)
-    budget = connection_budget(ctx, MOST_CONNECTIONS)
-    ctx.require(len(lengths) <= budget, f"needs {len(lengths)} clients at once to fill one NAMES line; "
-                f"the server's limits allow {budget}")
-    reader = ctx.register("reader", name=ctx.new_name(lengths[0]))
-    others = [ctx.register(f"c{i}", name=ctx.new_name(length)) for i, length in enumerate(lengths[1:])]
-    for other in others:
-        reader.expect_line(f"JOIN {other.name}")
-    reader.send_line("USERS")
-    names_lines: list[Line] = []
-    while True:
-        event = reader.next_event()
-        if isinstance(event, Line) and event.text.startswith("NAMES "):
-            names_lines.append(event)
-            continue
-        if isinstance(event, Line) and re.fullmatch(r"ENDNAMES [0-9]+", event.text):
-            break
-        raise reader.fail("NAMES lines, then ENDNAMES <count>", event, ids=("USERS-1",))
-    too_long = [line for line in names_lines if len(line.raw) > limit]
-    if too_long:
-        raise ctx.fail(f"every NAMES line at most {limit} bytes",
-                       f"a NAMES line of {len(too_long[0].raw)} bytes", ids=["USERS-3"], who="reader")
-    listed = [name for line in names_lines for name in line.text.split(" ")[1:]]
-    ours = {reader.name} | {other.name for other in others}
-    if not ours <= set(listed) or len(set(listed)) != len(listed):
-        raise ctx.fail(f"all {len(ours)} names of the case listed, each once",
-                       f"{len(ours & set(listed))} of them listed, {len(listed)} names in all",
-                       ids=["USERS-1"], who="reader")
 
 
 @python_case("users-snapshot", covers=["USERS-2", "USERS-1", "LEAVE-4", "ORDER-1"], quote=[

@@ -86,6 +86,12 @@ def tls_server(tmp_path_factory):
         server.shutdown()
 
 
+#: Cases that run on a server of their own (ctx.start_private_server), which only a
+#: self-hosted run (or a run that may start servers) provides.
+PRIVATE_SERVER_CASES = {"shutdown", "both-connection-limits", "ping-timeout-zero",
+                        "slow-consumer-error-whole"}
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_every_case_passes_over_tls(tls_server, case):
@@ -98,7 +104,7 @@ def test_every_case_passes_over_tls(tls_server, case):
     result = runner.run_case(case)
     # What cannot apply to one TLS-only room: the password rooms, the private
     # server that the shutdown case stops, and a TLS half-close (see the case).
-    if case.name.startswith("password-") or case.name in ("shutdown", "half-close"):
+    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES | {"half-close"}:
         assert result.verdict == NOT_APPLICABLE, result.reason
     else:
         assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
@@ -352,8 +358,8 @@ def run_behind_proxy(servers, spoil, name: str, timeout: float = 1.0):
         proxy.close()
 
 
-#: The shutdown case runs on a private server, which no proxy stands in front of.
-SPOILABLE_CASES = [case for case in PLAIN_CASES if case.name != "shutdown"]
+#: These cases run on private servers, which no proxy stands in front of.
+SPOILABLE_CASES = [case for case in PLAIN_CASES if case.name not in PRIVATE_SERVER_CASES]
 
 
 @pytest.mark.timeout(60)
