@@ -75,6 +75,9 @@ class Limits:
             value = getattr(self, field.name)
             if field.name != "password" and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{field.name} must be a whole number >= 0, not {value!r}")
+        # [LIMIT-12]: by [LIMIT-4]'s formula a burst of 0 would allow no line at all.
+        if self.flood_rate and not self.flood_burst:
+            raise ValueError("flood_burst must be at least 1 when flood_rate > 0 (SPEC.md [LIMIT-12])")
 
     def hello_params(self) -> list[tuple[str, int]]:
         """The HELLO parameters in the order [HELLO-2] fixes."""

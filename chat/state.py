@@ -302,7 +302,8 @@ class ChatRoom:
                     session.ping_sent_at = now
                     token = f"keepalive-{next(self._ping_tokens)}"
                     actions.append(Send(session, protocol.format_ping(token)))
-            elif limits.ping_interval and now - session.ping_sent_at >= limits.ping_timeout:
+            elif (limits.ping_interval and limits.ping_timeout  # [KEEP-6]: 0, PING but never close
+                  and now - session.ping_sent_at >= limits.ping_timeout):
                 actions.append(Send(session, protocol.format_error(
                     ErrorCode.PING_TIMEOUT, f"no answer to PING within {limits.ping_timeout} s")))
                 actions += self.disconnect(session, "timeout")

@@ -111,11 +111,14 @@ def quote_line(text: str, limit: int = 80) -> str:
 # -- 4. Connection and greeting ---------------------------------------------------------------
 
 
-@python_case("hello-parameters", covers=["HELLO-1", "HELLO-2"], quote=[
+@python_case("hello-parameters", covers=["HELLO-1", "HELLO-2", "FRAME-13", "LIMIT-12"], quote=[
     "HELLO MUST carry these parameters, in this order, each a decimal number",
+    "A server MUST advertise a `line-max` of at least 512.",
+    "With `flood-rate` > 0, a server MUST advertise a `flood-burst` of at least 1",
 ])
 def hello_parameters(ctx: CaseContext) -> None:
-    """HELLO carries the eleven parameters of [HELLO-2] in order, each a number.
+    """HELLO carries the eleven parameters of [HELLO-2] in order, each a number;
+    line-max is at least 512 and a flood rate comes with a burst of at least 1.
 
     Unknown parameters are allowed anywhere ([GRAM-3] lets servers add some);
     the kit, as a client, ignores them: it reads the same known values from
@@ -130,6 +133,13 @@ def hello_parameters(ctx: CaseContext) -> None:
     if problems:
         raise ctx.fail("HELLO chat/1 " + " ".join(f"{key}=N" for key in HELLO_PARAMETERS),
                        f"{quote_line(line.text, 200)}: {'; '.join(problems)}", ids=["HELLO-2"], who="alice")
+    # The values themselves: the smallest line-max ([FRAME-13]), no flood limit
+    # that allows no line at all ([LIMIT-12]).
+    if hello.line_max < 512:
+        raise ctx.fail("line-max=512 or more", f"line-max={hello.line_max}", ids=["FRAME-13"], who="alice")
+    if hello.flood_rate > 0 and hello.flood_burst < 1:
+        raise ctx.fail(f"flood-burst=1 or more with flood-rate={hello.flood_rate}",
+                       f"flood-burst={hello.flood_burst}", ids=["LIMIT-12"], who="alice")
     extended = parse_hello(line.text + " x-from-the-future=7")
     if any(extended.get(key) != hello.get(key) for key in HELLO_PARAMETERS):
         raise AssertionError("the kit's HELLO parser is broken: an unknown parameter changed the others")
@@ -333,21 +343,45 @@ def name_length_boundary(ctx: CaseContext) -> None:
 # -- 6. USERS --------------------------------------------------------------------------------------------
 
 
+def _names_filling_one_line(line_max: int, name_max: int) -> list[int]:
+    """Name lengths whose NAMES line, all on one line, is exactly `line_max + 1`
+    bytes: `NAMES` and the names fill line_max bytes before the LF.
+
+    So a server that packs NAMES greedily (in any order) must cut this list
+    into two lines, and one whose bound is a byte off (it forgot the LF, or
+    compares with <= line_max + 1) sends the one line of line_max + 1 bytes.
+    Longest names first, then one or two shorter ones to land on the byte
+    (of five characters at least, so that random names do not clash).
+    """
+    longest = min(name_max, 32)
+    room = line_max - len("NAMES")          # bytes of " name" entries the line must hold
+    full = (room - 6) // (longest + 1)      # leave at least 6 bytes (" xxxxx") for the rest
+    rest = room - full * (longest + 1)      # 6 .. longest + 6 bytes: one or two names
+    tail = [rest - 1] if rest <= longest + 1 else [rest // 2 - 1, rest - rest // 2 - 1]
+    return [longest] * full + tail
+
+
 @python_case("users-long-list", covers=["USERS-3", "USERS-1"], quote=[
     "Each NAMES line MUST be at most `line-max` bytes.",
 ])
 def users_long_list(ctx: CaseContext) -> None:
     """So many long names that one NAMES line cannot hold them: the reply is
-    several NAMES lines, each within line-max, listing everyone once."""
+    several NAMES lines, each within line-max, listing everyone once.
+
+    The names are chosen so that, were they one line, it would be exactly
+    line-max + 1 bytes: a server packing greedily must split them, and one
+    whose bound is a byte off (it forgot the LF) sends that one line. The
+    order and the packing are the server's to choose, and with nobody else
+    in the room (the kit's own server) any greedy order lands on the byte.
+    """
     limit = ctx.hello.line_max
-    name_length = min(ctx.hello.name_max, 32)
-    per_line = (limit - len("NAMES\n")) // (name_length + 1)
-    needed = per_line + 1
+    lengths = _names_filling_one_line(limit, ctx.hello.name_max)
+    needed = len(lengths)
     budget = connection_budget(ctx, MOST_CONNECTIONS)
     ctx.require(needed <= budget, f"needs {needed} clients at once to overflow one NAMES line; the "
                 f"server's limits allow {budget}")
-    reader = ctx.register("reader", name=ctx.new_name(name_length))
-    others = [ctx.register(f"c{i}", name=ctx.new_name(name_length)) for i in range(needed - 1)]
+    reader = ctx.register("reader", name=ctx.new_name(lengths[0]))
+    others = [ctx.register(f"c{i}", name=ctx.new_name(length)) for i, length in enumerate(lengths[1:])]
     for other in others:
         reader.expect_line(f"JOIN {other.name}")
     reader.send_line("USERS")
@@ -653,7 +687,17 @@ def _timer(ctx: CaseContext, parameter: str) -> int:
 def register_timeout(ctx: CaseContext) -> None:
     """A client that connects and never sends USER gets REGISTRATION_TIMEOUT
     (not before register-timeout, and not much after) and is closed; a client
-    that registered at the same moment stays."""
+    that registered at the same moment stays.
+
+    The unregistered client is not silent: it sends a PING every quarter of
+    register-timeout (and answers the server's PINGs), because the timer runs
+    from the connect ([KEEP-3]), not from the client's last line: a server
+    that restarted it on every line would never time this client out.
+
+    No slack on the early side ([KEEP-4]): the kit takes the time before it
+    connects, so the server accepts later and its ERR arrives later still;
+    whatever the kit measures is more than the time the server counted.
+    """
     timeout = _timer(ctx, "register-timeout")
     bob = ctx.register("bob")
     started = time.monotonic()
@@ -663,11 +707,32 @@ def register_timeout(ctx: CaseContext) -> None:
 
     def wait_for_timeout() -> None:
         try:
-            line = alice.expect_error("REGISTRATION_TIMEOUT", timeout=timeout + ctx.timeout + 1,
-                                      ids=("KEEP-3",))
-            if line.at - started < timeout - EARLY_SLACK:
-                raise CheckFailed(f"ERR REGISTRATION_TIMEOUT after {timeout} s",
-                                  f"after {line.at - started:.2f} s", ids=("KEEP-4",), who="alice")
+            every = timeout / 4
+            next_ping, sent, answered = time.monotonic(), 0, 0
+            until = started + timeout + ctx.timeout + 1
+            while True:
+                if time.monotonic() >= next_ping:
+                    alice.send_line(f"PING alive{sent}")
+                    sent += 1
+                    next_ping += every
+                event = alice.next_event(max(0.01, min(next_ping, until) - time.monotonic()),
+                                         log_timeout=False)
+                if isinstance(event, TimedOut):
+                    if time.monotonic() >= until:
+                        raise alice.fail(f"'ERR REGISTRATION_TIMEOUT ...' within {timeout} s of connecting, "
+                                         f"although the client sent a PING every {every:g} s", event,
+                                         ids=("KEEP-3",))
+                    continue
+                if isinstance(event, Line) and event.text == f"PONG alive{answered}":
+                    answered += 1
+                    continue
+                if isinstance(event, Line) and re.fullmatch(r"ERR REGISTRATION_TIMEOUT .+", event.text):
+                    break
+                raise alice.fail(f"'PONG alive{answered}' or 'ERR REGISTRATION_TIMEOUT ...'", event,
+                                 ids=("KEEP-3",))
+            if event.at - started < timeout:
+                raise CheckFailed(f"ERR REGISTRATION_TIMEOUT no sooner than {timeout} s after connecting",
+                                  f"after {event.at - started:.2f} s", ids=("KEEP-4",), who="alice")
             alice.expect_closed(ids=("KEEP-3", "ERR-2"))
         finally:
             done.set()
@@ -1056,3 +1121,8 @@ def tls_session(ctx: CaseContext) -> None:
     alice.send_line("LEAVE")
     alice.expect_line(f"LEAVE {alice.name} quit", ids=("SEC-1",))
     alice.expect_closed(ids=("SEC-1",))
+
+
+# The cases of SPEC.md's clarifications (issue 9) live beside this module, one
+# module per theme; importing them here registers them with everything above.
+from conformance import cases_closing, cases_keepalive  # noqa: E402,F401

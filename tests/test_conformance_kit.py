@@ -41,8 +41,10 @@ CASES = all_cases(SPEC)
 CASES_BY_NAME = {case.name: case for case in CASES}
 PLAIN_CASES = [case for case in CASES if "tls" not in case.needs]
 REPO = Path(__file__).resolve().parent.parent
-#: Cases that start a reference server of their own when the kit runs its own.
-PRIVATE_SERVER_CASES = ("shutdown", "optional-commands-not-advertised")
+#: Cases that run on a server of their own (ctx.start_private_server), which only a
+#: self-hosted run (or a run that may start servers) provides.
+PRIVATE_SERVER_CASES = {"shutdown", "both-connection-limits", "ping-timeout-zero",
+                        "slow-consumer-error-whole", "optional-commands-not-advertised"}
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +101,10 @@ def test_every_case_passes_over_tls(tls_server, case):
     assert runner.probe() is None
     result = runner.run_case(case)
     # What cannot apply to one TLS-only room: the password rooms, the private
-    # servers of the shutdown case (which it stops) and of the optional-commands
-    # case (one without them), and a TLS half-close (see the case).
-    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES + ("half-close",):
+    # servers of the shutdown case (which it stops), of the optional-commands
+    # case (one without them) and of the other private-server cases, and a TLS
+    # half-close (see the case).
+    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES | {"half-close"}:
         assert result.verdict == NOT_APPLICABLE, result.reason
     else:
         assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
@@ -355,8 +358,8 @@ def run_behind_proxy(servers, spoil, name: str, timeout: float = 1.0):
         proxy.close()
 
 
-#: These cases run on a private server (against the reference server), which no
-#: proxy stands in front of.
+#: These cases run on private servers (against the reference server), which
+#: no proxy stands in front of.
 SPOILABLE_CASES = [case for case in PLAIN_CASES if case.name not in PRIVATE_SERVER_CASES]
 
 

@@ -205,6 +205,12 @@ def test_limits_are_whole_numbers(field, value):
         Limits(**{field: value})
 
 
+def test_a_flood_rate_needs_a_burst_of_at_least_one():
+    with pytest.raises(ValueError, match="LIMIT-12"):
+        Limits(flood_rate=5, flood_burst=0)
+    assert Limits(flood_rate=0, flood_burst=0).flood_burst == 0
+
+
 def test_names_lines_respect_line_max_and_list_everyone_once():
     names = [f"user{i:03d}" for i in range(100)]
     lines = protocol.format_names(names, line_max=64)
