@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from chat import options
 from chat.limits import DEFAULT_LINE_MAX
 from chat.protocol import (
     VERSION,
@@ -243,6 +244,8 @@ class ClientSession:
             code, text = fields[0], (fields[1] if len(fields) > 1 else "")
             # Only the code counts ([ERR-1]); the text is for the user.
             self.last_error = code
+            if code == ErrorCode.TLS_REQUIRED.value:  # [SEC-3]: it came before HELLO.
+                text = "this port speaks TLS, try --tls"
             if _closes(code):
                 self.closing_error = code
             # Every ERR but the closing ones is the reply to a command; of
@@ -746,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5000, help="server port (default 5000)")
+    parser.add_argument("--port", type=options.connect_port, default=5000, help="server port (default 5000)")
     parser.add_argument("--name", help="the name to chat under (asked for if not given)")
     parser.add_argument("--password-file", metavar="FILE",
                         help="file whose first line is the room password (default: $CHAT_PASSWORD)")
@@ -781,6 +784,10 @@ def connect(host: str, port: int, tls: bool, cafile: str | None) -> PlainStream:
     return stream
 
 
+#: What OpenSSL says when the server answers a ClientHello with HELLO chat/1.
+PLAIN_SERVER_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -795,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
         stream = connect(args.host, args.port, args.tls or args.cafile is not None, args.cafile)
     except OSError as error:  # ssl.SSLError is an OSError too
         reason = error.strerror or error
+        if isinstance(error, ssl.SSLError) and error.reason in PLAIN_SERVER_REASONS:
+            reason = "this port speaks plain chat/1, not TLS: try without --tls"
         print(f"chat-client: cannot connect to {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     with Terminal(interactive) as terminal:

@@ -138,6 +138,7 @@ class NoEchoServer(BrokenServer):
         "FRAME-5", "FRAME-6", "FRAME-10",        # line-max-boundary, server-line-maximum, half-close
         "ORDER-5",                               # concurrent-senders: 60 of 90 MSGs
         "LIMIT-7",                               # shutdown: waits for alice's MSG first
+        "LIMIT-8",                               # paste-arrives-in-full: the sender's echoes
     })
 
 
@@ -250,6 +251,8 @@ class ReorderingServer(BrokenServer):
         "MSG-1", "MSG-2", "CMD-3",  # msg-to-everyone
         "SEC-2", "FRAME-1",         # msg-text-unchanged
         "FRAME-5", "FRAME-2",       # line-max-boundary: its 2nd MSG (CR LF, line-max bytes)
+        "LIMIT-8",                  # paste-arrives-in-full: line 1 after line 2
+        "LIMIT-10", "LEAVE-3",      # reset-discards-backlog: MSG 2 where MSG 1 is due
     })
 
 
@@ -297,6 +300,7 @@ class NoLeaveOnCloseServer(BrokenServer):
         "NAME-4", "LEAVE-1",              # names-free-after-leave
         "GRAM-1", "FRAME-1", "FRAME-3",   # server-lines-well-formed
         "FRAME-10",                       # half-close
+        "LIMIT-10",                       # reset-discards-backlog: no LEAVE after the reset
     })
 
 
@@ -347,12 +351,14 @@ class CrlfServer(BrokenServer):
     breaks = frozenset({"FRAME-3"})
     # The kit keeps the CR in a line's text, so no expected line ever matches: every case
     # fails at its first expectation, citing what it covers (most often USER-1, at the JOIN
-    # of `register`). HELLO's last parameter, `password=0\r`, is no number (HELLO-2), so
-    # the password cases do not apply.
+    # of `register`). HELLO's last parameter, `inbound-max=N\r`, is no number (HELLO-2,
+    # LIMIT-11: inbound-max-advertised); `password=1` before it is, so the password cases
+    # apply and fail at their first line too (PASS-1, PASS-2).
     consequences = frozenset({
         "USER-1", "HELLO-2", "HELLO-3", "GRAM-1", "GRAM-2", "FRAME-1", "FRAME-9", "FRAME-11",
         "CMD-2", "CMD-3", "ERR-2", "STATE-1", "NAME-1", "PASS-4", "PING-1", "PING-2", "PING-3",
         "MSG-1", "MSG-2", "PM-1", "LEAVE-1", "LIMIT-1", "LIMIT-2",
+        "LIMIT-11", "PASS-1", "PASS-2",
     })
 
     def _deliver(self, connection, data: bytes) -> bool:
