@@ -743,7 +743,7 @@ class ChatClient:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = options.OneLineParser(
         prog="chat-client",
         description=f"The reference client of the {VERSION} chat protocol (see SPEC.md).\n\n{HELP}",
         epilog=EXIT_STATUS_HELP,

@@ -867,15 +867,19 @@ def main(argv: list[str] | None = None) -> int:
     threading.stack_size(256 * 1024)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
+        socket.getaddrinfo(args.host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        options.fail("chat-server", f"argument --host: {args.host}: {getattr(error, 'strerror', error)}")
+    try:
         server = ChatServer(args.host, None if args.tls_only else args.port, limits,
                             tls_context=tls_context, tls_port=args.tls_port)
-    except socket.gaierror as error:
-        options.fail("chat-server", f"argument --host: {args.host}: {error.strerror}")
     except OSError as error:
+        # The port is taken, or the address is not this machine's: the
+        # options are fine, the machine is not ready for them (status 1).
         ports = f"--tls-port {args.tls_port}" if args.tls_only else (
             f"--port {args.port}" + (f" or --tls-port {args.tls_port}" if tls_context else ""))
-        print(f"chat-server: cannot listen on {args.host} ({ports}): {error.strerror or error}",
-              file=sys.stderr)
+        reason = str(error.strerror or error).split(" (while attempting", 1)[0]
+        print(f"chat-server: cannot listen on {args.host} ({ports}): {reason}", file=sys.stderr)
         return 1
     bound = (server.address or server.tls_address)[0]
     for warning in exposure_warnings(args.host, bound, limits, plain=server.address is not None):
