@@ -354,7 +354,6 @@ class ChatServer:
             connection = self._admit(sock, address, context)
             if connection is not None:
                 self._read_lines(connection)
-                self._log_end(connection)
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
@@ -476,9 +475,12 @@ class ChatServer:
             log.exception("connection %s from %s failed", session.id, connection.address)
         with self._lock:
             self._apply(self._room.disconnect(session, "closed"))
+        # Wait until the flusher is done with it: its last lines are sent and
+        # its slot is free ([LIMIT-3]), so the log line says what is true.
+        connection.flushed.acquire()
+        self._log_end(connection)
         if not at_eof:
             self._drain(connection)
-        connection.flushed.acquire()  # Wait until the flusher is done with it.
         connection.transport.close()
 
     def _tls_on_plain_port(self, connection: Connection) -> None:

@@ -352,6 +352,7 @@ class ChatRoom:
         for session in list(self._sessions):
             if not session.closing:
                 session.closing = True
+                session.ended = ErrorCode.SHUTTING_DOWN.value
                 actions += [Send(session, protocol.format_error(
                     ErrorCode.SHUTTING_DOWN, "the server is shutting down")), Close(session)]
         return actions

@@ -48,9 +48,17 @@ def join_threads_named(names: set[str], deadline: float = DEADLINE) -> None:
     A thread that is not running has ended already (the caller makes sure the
     server accepted the connection before it asks)."""
     end = time.monotonic() + deadline
-    for thread in threading.enumerate():
-        if thread.name in names:
-            thread.join(max(0.0, end - time.monotonic()))
+    while time.monotonic() < end:
+        pending = [thread for thread in threading.enumerate() if thread.name in names]
+        if not pending:
+            break
+        for thread in pending:
+            if thread.ident is None:
+                # Still inside an acceptor's Thread.start() (four acceptors
+                # run at once): it cannot be joined until it has started.
+                time.sleep(0.001)
+            else:
+                thread.join(max(0.0, end - time.monotonic()))
     alive = [t.name for t in threading.enumerate() if t.name in names]
     assert not alive, f"the server never finished with {alive}"
 
