@@ -136,7 +136,7 @@ def closed_backlog_handled(ctx: CaseContext) -> None:
                 "half-closing a TLS connection while still reading is not possible with Python's "
                 "ssl module; run this case without --tls")
     rate, burst, bound = _flood_limits(ctx)
-    extra = max(2, min(bound - 1, math.ceil(rate * 0.5)))
+    extra = max(2, min(bound - 2, math.ceil(rate * 0.5)))
     ctx.require(extra / rate <= LONGEST_DRIP, f"{extra} lines at flood-rate={rate} take too long")
     alice = ctx.register("alice")
     started = time.monotonic()
@@ -163,7 +163,7 @@ def reset_discards_backlog(ctx: CaseContext) -> None:
     last of them, which flood control could not have let through in the
     milliseconds the reset takes to arrive."""
     rate, burst, bound = _flood_limits(ctx)
-    extra = min(bound, 2 * rate)
+    extra = min(bound - 2, 2 * rate)  # registering may have taken two lines' allowance
     ctx.require(extra >= 10, f"inbound-max={bound} is too small to tell discarded lines from delayed ones")
     bob, alice = _watcher_and_sender(ctx)
     count = burst + extra
