@@ -5,6 +5,7 @@ Certificates are made at test time by trustme, so no key is ever committed.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import ssl
@@ -185,3 +186,13 @@ def test_the_kit_says_try_tls_on_the_tls_port(tls_server):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "this port speaks TLS, try --tls" in result.stdout, result.stdout
+
+
+def test_a_failed_handshake_is_logged(tls_server, log_records):
+    broken = socket.create_connection(tls_server.tls_address, timeout=5)
+    broken.sendall(b"\x16\x03\x01\x00\x05hello")  # a record that is no ClientHello
+    while broken.recv(4096):
+        pass
+    broken.close()
+    record, = log_records.wait_for("tls-handshake-failed")
+    assert record.levelno == logging.WARNING and record.fields["address"] == "127.0.0.1"
