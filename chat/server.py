@@ -266,7 +266,7 @@ class ChatServer:
         #: handshake (not yet in _connections), so shutdown can reach them.
         self._threads: set[threading.Thread] = set()
         self._handshaking: set[PlainTransport] = set()
-        #: Counters for the summary line, guarded by the lock (see _summarize).
+        #: Counters for the summary line, guarded by the lock (see summarize).
         self._stats = collections.Counter()
         self._limited_event = logs.LimitedEvents()
 
