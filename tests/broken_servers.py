@@ -359,6 +359,7 @@ class CrlfServer(BrokenServer):
         "CMD-2", "CMD-3", "ERR-2", "STATE-1", "NAME-1", "PASS-4", "PING-1", "PING-2", "PING-3",
         "MSG-1", "MSG-2", "PM-1", "LEAVE-1", "LIMIT-1", "LIMIT-2",
         "LIMIT-11", "PASS-1", "PASS-2",
+        "ERR-3",  # tls-client-on-plain-port: the bystander's PONG ends in CR LF
     })
 
     def _deliver(self, connection, data: bytes) -> bool:
