@@ -452,12 +452,16 @@ BURST_LIMITS = Limits(register_timeout=0, ping_interval=0)
 
 
 def send_and_abandon(address: tuple[str, int], data: bytes, reset: bool) -> None:
-    """Connect, send `data`, and close (FIN) or reset (RST), reading nothing."""
-    sock = socket.create_connection(address, timeout=DEADLINE)
-    sock.sendall(data)
+    """Connect, read HELLO, send `data`, and close (FIN) or reset (RST).
+
+    HELLO is read first, as nc would print it: closing a socket with unread
+    bytes makes the kernel reset the connection instead of closing it."""
+    client = LineClient(address)
+    client.expect_prefix("HELLO chat/1 ")
+    client.send_raw(data)
     if reset:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
 
 
 @pytest.mark.timeout(60)
@@ -483,6 +487,28 @@ def test_a_burst_of_abandoned_floods_does_not_lock_the_address_out(make_server, 
     assert reasons <= ({"flood", "closed"} if reset else {"flood"}), reasons
     newcomer = LineClient(server.address)
     newcomer.expect_prefix("HELLO chat/1 ")  # not ERR TOO_MANY_CONNECTIONS
+    newcomer.close()
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_lines_within_the_bound_hold_the_slot_no_longer_than_the_bound(make_server, log_records):
+    """[LIMIT-9]: lines within inbound-max, then a close: they are handled at
+    the flood rate (empty lines: no reply, so no reset comes back), and each
+    connection ends within inbound-max / flood-rate seconds of its close."""
+    server = make_server(Limits(max_per_address=3, flood_rate=50, flood_burst=5, inbound_max=40,
+                                register_timeout=0, ping_interval=0))
+    limits = server.limits
+    for _ in range(limits.max_per_address):
+        send_and_abandon(server.address, b"\n" * (limits.flood_burst + limits.inbound_max), reset=False)
+    ends = log_records.wait_for("disconnect", limits.max_per_address,
+                                timeout=limits.inbound_max / limits.flood_rate + DEADLINE)
+    assert {record.fields["reason"] for record in ends} == {"closed"}  # not an excess flood
+    server.summarize(1.0)
+    summary, = log_records.events("summary")
+    sent = limits.max_per_address * (limits.flood_burst + limits.inbound_max)
+    assert summary.fields["lines_in_per_s"] == sent  # every line was handled ([FRAME-10])
+    newcomer = LineClient(server.address)
+    newcomer.expect_prefix("HELLO chat/1 ")
     newcomer.close()
 
 
