@@ -118,7 +118,9 @@ class Runner:
                 self.preflight_failure = CaseResult(
                     preflight, FAIL, target,
                     [Failure(("HELLO-1",), failure.expected, failure.actual, failure.who,
-                             detail="The server did not greet with HELLO, so no case was run.")],
+                             detail="The server did not greet with HELLO, so no case was run."
+                             + (" If this port speaks TLS, try --tls." if target.ssl_context is None
+                                and failure.actual.startswith("timeout") else ""))],
                     transcript=transcript, rerun_args=self.rerun_args, cafile=self.cafile)
                 return self.preflight_failure
             target.hello = peer.hello

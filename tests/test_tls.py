@@ -188,6 +188,15 @@ def test_the_kit_says_try_tls_on_the_tls_port(tls_server):
     assert "this port speaks TLS, try --tls" in result.stdout, result.stdout
 
 
+def test_the_kit_suggests_tls_when_hello_does_not_come_in_its_time(tls_server):
+    """The kit's default --timeout (2 s) ends before FIRST_BYTE_WAIT: it says why HELLO may not come."""
+    host, port = tls_server.tls_address
+    result = subprocess.run([sys.executable, "-m", "conformance", f"{host}:{port}", "-k", "tls-session"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "If this port speaks TLS, try --tls." in result.stdout, result.stdout
+
+
 def test_a_failed_handshake_is_logged(tls_server, log_records):
     broken = socket.create_connection(tls_server.tls_address, timeout=5)
     broken.sendall(b"\x16\x03\x01\x00\x05hello")  # a record that is no ClientHello
