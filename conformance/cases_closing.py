@@ -74,7 +74,14 @@ def close_with_unread_input(ctx: CaseContext) -> None:
     bob.expect_line(f"JOIN {alice.name}")
     filler = "u" * min(900, ctx.hello.line_max - len("MSG 00 \n"))
     echoes = [f"MSG {alice.name} {i:02d} {filler}" for i in range(count)]
-    after = b"MSG after-leave\n" * 256
+    # About 4 KiB after the LEAVE, in a few long lines rather than many short
+    # ones: what waits unhandled counts against inbound-max ([LIMIT-8]), and
+    # this case is about the close, not that bound.
+    after_line = f"MSG after-leave {'v' * min(900, ctx.hello.line_max - len('MSG after-leave ' + chr(10)))}\n"
+    after = after_line.encode() * -(-4096 // len(after_line))
+    held = count + 1 + after.count(b"\n") - burst
+    ctx.require(not rate or not ctx.hello.inbound_max or held <= ctx.hello.inbound_max,
+                f"inbound-max={ctx.hello.inbound_max} is too small for {held} lines held back")
     alice.send_raw("".join(f"MSG {i:02d} {filler}\n" for i in range(count)).encode() + b"LEAVE\n" + after)
     wait = ctx.timeout + seconds
     for echo in echoes:

@@ -44,6 +44,8 @@ from conformance.session import escape_bytes
 DEFAULT_TIMEOUT = 2.0
 #: Bytes asked of recv() at a time.
 RECV_SIZE = 65536
+#: What OpenSSL says when a plain chat/1 server answers the ClientHello with HELLO.
+PLAIN_SERVER_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
 
 
 # -- what a read can return ------------------------------------------------------------
@@ -82,6 +84,8 @@ Event = Line | Closed | TimedOut
 def describe(event: Event) -> str:
     """The Actual: of a failure report."""
     if isinstance(event, Line):
+        if event.text.startswith("ERR TLS_REQUIRED "):  # [SEC-3]
+            return show_line(event.text) + " (this port speaks TLS, try --tls)"
         return show_line(event.text)
     if isinstance(event, Closed):
         return "connection closed" + ("" if event.how == "EOF" else f" ({event.how})")
@@ -233,6 +237,8 @@ class Peer:
                 sock.close()
                 raise
         except (OSError, ssl.SSLError) as error:
+            if getattr(error, "reason", None) in PLAIN_SERVER_REASONS:  # [SEC-4]
+                error = f"{error} (this port speaks plain chat/1, try without --tls)"
             self.transcript.record(self.label, "note", note=f"connect failed: {error}")
             raise CheckFailed(f"a connection to {host}:{port}", f"connect failed: {error}",
                               who=self.label) from None

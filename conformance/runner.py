@@ -61,6 +61,7 @@ FEATURES = (tuple(p for p in HELLO_PARAMETERS if p not in ("line-max", "name-max
 def all_cases(spec: Spec) -> list[Case]:
     """Every case the kit has: SPEC.md's examples, the transcripts, the Python cases."""
     import conformance.cases  # noqa: F401 - its decorators fill PYTHON_CASES
+    import conformance.cases_backlog  # noqa: F401 - LIMIT-8 to LIMIT-11, SEC-3, SEC-4
 
     sessions = spec_sessions(spec.text, source=os.path.basename(spec.path)) + load_session_dir()
     cases = [session_case(session) for session in sessions] + list(PYTHON_CASES)
@@ -118,7 +119,9 @@ class Runner:
                 self.preflight_failure = CaseResult(
                     preflight, FAIL, target,
                     [Failure(("HELLO-1",), failure.expected, failure.actual, failure.who,
-                             detail="The server did not greet with HELLO, so no case was run.")],
+                             detail="The server did not greet with HELLO, so no case was run."
+                             + (" If this port speaks TLS, try --tls." if target.ssl_context is None
+                                and failure.actual.startswith("timeout") else ""))],
                     transcript=transcript, rerun_args=self.rerun_args, cafile=self.cafile)
                 return self.preflight_failure
             target.hello = peer.hello
@@ -275,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--case-timeout", type=float, default=DEFAULT_CASE_CAP, metavar="SECONDS",
                         help=f"hard cap on one case (default {DEFAULT_CASE_CAP:g})")
     parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--cafile", help="CA certificates to verify the server's TLS certificate with")
+    parser.add_argument("--cafile", help="CA certificates to verify the server's TLS certificate with "
+                                         "(implies --tls)")
     parser.add_argument("--password", default=os.environ.get("CHAT_PASSWORD"),
                         help="the room password, if the server has one (default: $CHAT_PASSWORD)")
     parser.add_argument("--list", action="store_true",
@@ -297,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
+    args.tls = args.tls or args.cafile is not None  # As in chat-client: a CA file means TLS.
     spec = load_spec(args.spec)
     cases = select_cases(all_cases(spec), args.select)
     if args.list:

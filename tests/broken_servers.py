@@ -145,6 +145,7 @@ class NoEchoServer(BrokenServer):
         "NICK-3", "CMD-5", "ERR-3",              # nick-refused: MSG after the refusals
         "ACT-1", "ACT-2",                        # act-to-everyone: bob's MSG before his ACT
         "STATE-3",                               # close-with-unread-input: bob waits for her MSGs
+        "LIMIT-8",                               # paste-arrives-in-full: the sender's echoes
     })
 
 
@@ -259,6 +260,8 @@ class ReorderingServer(BrokenServer):
         "SEC-2", "FRAME-1",         # msg-text-unchanged
         "FRAME-5", "FRAME-2",       # line-max-boundary: its 2nd MSG (CR LF, line-max bytes)
         "STATE-3",                  # close-with-unread-input: her MSGs 01 and 02 swapped
+        "LIMIT-8",                  # paste-arrives-in-full: line 1 after line 2
+        "LIMIT-10", "LEAVE-3",      # reset-discards-backlog: MSG 2 where MSG 1 is due
     })
 
 
@@ -306,6 +309,7 @@ class NoLeaveOnCloseServer(BrokenServer):
         "NAME-4", "LEAVE-1",              # names-free-after-leave
         "GRAM-1", "FRAME-1", "FRAME-3",   # server-lines-well-formed
         "FRAME-10",                       # half-close
+        "LIMIT-10",                       # reset-discards-backlog: no LEAVE after the reset
     })
 
 
@@ -358,13 +362,16 @@ class CrlfServer(BrokenServer):
     # The kit keeps the CR in a line's text, so no expected line ever matches: every case
     # fails at its first expectation, citing what it covers (most often USER-1, at the JOIN
     # of `register`). HELLO's last parameter is `action=1\r` (CMD-4), no number, so
-    # `password=` is read and the password cases apply, and fail (PASS-1, PASS-2).
+    # `password=` and `inbound-max=` before it are read and the password cases apply,
+    # and fail at their first line too (PASS-1, PASS-2).
     consequences = frozenset({
         "USER-1", "HELLO-2", "HELLO-3", "GRAM-1", "GRAM-2", "FRAME-1", "FRAME-9", "FRAME-11",
         "CMD-2", "CMD-3", "ERR-2", "STATE-1", "NAME-1", "PASS-4", "PING-1", "PING-2", "PING-3",
         "MSG-1", "MSG-2", "PM-1", "LEAVE-1", "LIMIT-1", "LIMIT-2",
         "PASS-1", "PASS-2",                       # password-required, password-accepted
         "CMD-4", "NICK-1", "NICK-2", "CMD-5",     # nick-change, optional-commands-not-advertised
+        "LIMIT-11",
+        "ERR-3",  # tls-client-on-plain-port: the bystander's PONG ends in CR LF
     })
 
     def _deliver(self, connection, data: bytes) -> bool:

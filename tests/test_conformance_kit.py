@@ -102,9 +102,11 @@ def test_every_case_passes_over_tls(tls_server, case):
     result = runner.run_case(case)
     # What cannot apply to one TLS-only room: the password rooms, the private
     # servers of the shutdown case (which it stops), of the optional-commands
-    # case (one without them) and of the other private-server cases, and a TLS
-    # half-close (see the case).
-    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES | {"half-close"}:
+    # case (one without them) and of the other private-server cases, a TLS
+    # half-close (see the case), the backlog of a closed connection and a TLS
+    # client on the plain port (which cannot be made over TLS).
+    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES | {
+            "half-close", "closed-backlog-handled", "tls-client-on-plain-port"}:
         assert result.verdict == NOT_APPLICABLE, result.reason
     else:
         assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason

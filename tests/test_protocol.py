@@ -177,7 +177,8 @@ def test_name_key_ignores_ascii_case():
 def test_error_codes_that_close():
     closing = {code.value for code in ErrorCode if code.closes}
     assert closing == {"BAD_PASSWORD", "SERVER_FULL", "TOO_MANY_CONNECTIONS",
-                       "REGISTRATION_TIMEOUT", "PING_TIMEOUT", "SLOW_CONSUMER", "SHUTTING_DOWN"}
+                       "REGISTRATION_TIMEOUT", "PING_TIMEOUT", "SLOW_CONSUMER", "SHUTTING_DOWN",
+                       "EXCESS_FLOOD", "TLS_REQUIRED"}
 
 
 def test_format_server_lines():
@@ -196,7 +197,7 @@ def test_hello_advertises_every_limit_in_order():
     hello = protocol.format_hello(Limits(register_timeout=7, password="pw"))
     assert hello == (b"HELLO chat/1 line-max=1024 name-max=32 max-clients=1000 max-per-address=10 "
                      b"register-timeout=7 ping-interval=60 ping-timeout=30 flood-rate=10 "
-                     b"flood-burst=20 outbound-max=262144 password=1 nick=1 action=1\n")
+                     b"flood-burst=20 outbound-max=262144 password=1 inbound-max=200 nick=1 action=1\n")
 
 
 @pytest.mark.parametrize("field, value", [("register_timeout", 0.5), ("flood_rate", -1), ("line_max", "9")])
