@@ -480,3 +480,22 @@ def describe_settings(target: Target) -> str:
                    else "the server did not take the setting")
             lines.append(f"    asked for {parameter}={wanted}, the server advertises {advertised} ({why})\n")
     return "".join(lines)
+
+
+def exit_process(code: int) -> None:
+    """End the kit's process with `code`, even when a server it ran in process left threads
+    behind that will never end (one whose threads crashed cannot be shut down, and Python
+    waits for every non-daemon thread at exit): the report is written by then, so such
+    threads are named on stderr and the process ends without waiting for them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stuck = [thread.name for thread in threading.enumerate()
+             if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()]
+    if stuck:
+        names = ", ".join(stuck[:5]) + (", ..." if len(stuck) > 5 else "")
+        sys.stderr.write(f"conformance: {len(stuck)} threads of a server the kit started are still running "
+                         f"({names}); exiting without them\n")
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
