@@ -71,9 +71,7 @@ class ConformanceRun:
             from conformance.selfhost import SelfHostedServers
 
             self._servers = SelfHostedServers()
-            targets = [Target("open room", *self._servers.open_room.address),
-                       Target("password room", *self._servers.password_room.address,
-                              password=self._servers.password_room.password)]
+            targets = self._servers.targets()
             private_servers = self._servers.private_server
             rerun = ""
         else:

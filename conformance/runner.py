@@ -156,8 +156,14 @@ class Runner:
     # -- choosing where a case runs ---------------------------------------------------------
 
     def choose_target(self, case: Case) -> tuple[Target | None, str, str | None]:
-        """(target, reason it does not apply, missing feature)."""
+        """(the first target the case can run on, else None; why not; the missing feature)."""
+        targets, reason, feature = self.candidate_targets(case)
+        return (targets[0] if targets else None), reason, feature
+
+    def candidate_targets(self, case: Case) -> tuple[list[Target], str, str | None]:
+        """The targets that offer what the case needs, in order; and why the others do not."""
         reasons: list[tuple[str, str | None]] = []
+        candidates = []
         for target in self.targets:
             missing = [feature for feature in case.needs if not target.offers(feature)]
             if missing:
@@ -173,22 +179,33 @@ class Runner:
                 reasons.append(("sends USER or PASS itself, and the server advertises password=1: "
                                 "give the password with --password and the kit adds it", None))
                 continue
-            return target, "", None
+            candidates.append(target)
         reason, feature = reasons[0] if reasons else ("no server to run on", None)
-        return None, reason, feature
+        return candidates, reason, feature
 
     # -- running one case -----------------------------------------------------------------
 
     def run_case(self, case: Case) -> CaseResult:
+        """Run the case on the first target it applies to: a target that offers what the
+        case declares it needs, and then, if the case itself finds a value it cannot test
+        (a timer too long to wait for), the next such target (the kit's timers room)."""
         if self.preflight_failure is not None:
             # Only HELLO-1 is known to fail; the case's own requirements are unknown ("incomplete").
             return CaseResult(case, FAIL, None, [Failure(("HELLO-1",), "a server that greets with HELLO",
                                                          "not run: the preflight probe failed")],
                               reason=NOT_RUN)
-        target, reason, feature = self.choose_target(case)
-        if target is None:
+        targets, reason, feature = self.candidate_targets(case)
+        if not targets:
             return self._not_applicable(case, reason, feature, self.targets[0] if self.targets else None)
+        first = None
+        for target in targets:
+            result = self._run_on(case, target)
+            if result.verdict != NOT_APPLICABLE:
+                return result
+            first = first or result
+        return first
 
+    def _run_on(self, case: Case, target: Target) -> CaseResult:
         transcript = Transcript()
         context = CaseContext(case, target, timeout=self.timeout, transcript=transcript,
                               private_servers=self.private_servers, exclusive=self.exclusive)

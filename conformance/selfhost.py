@@ -3,11 +3,12 @@
 `python -m conformance` with no HOST:PORT starts the reference server in this
 process; `python -m conformance --server-cmd TEMPLATE` starts any server as a
 command (controller.py has both controllers). Either way the kit starts them
-with the limits below, chosen so that every case applies: timers short enough
-to wait for, connection limits small enough to reach, a flood rate that is
-measurable but does not slow the other cases down. A second server with a
-password serves the cases that need `password=1`; a case may also ask for a
-private server of its own, with limits of its choosing
+with the limits below, chosen so that every case applies: connection limits
+small enough to reach, a flood rate that is measurable but does not slow the
+other cases down. A second server with a password serves the cases that need
+`password=1`, a third with timers of a few seconds the cases that wait for
+them; a case may also ask for a private server of its own, with limits of its
+choosing
 (`CaseContext.start_private_server(**limits)`; the shutdown case stops one).
 
 Only the in-process controller imports chat/, and only when asked: against any
@@ -32,8 +33,9 @@ from conformance.controller import (
 )
 from conformance.outcome import NotApplicable
 
-__all__ = ["SELF_HOSTED_LIMITS", "KitServers", "ReferenceServerMissing", "RunningServer", "SelfHostedServers",
-           "ServerStartFailed"]
+__all__ = ["SELF_HOSTED_LIMITS", "TIMERS_ROOM_LIMITS", "KitServers", "ReferenceServerMissing",
+           "RunningServer",
+           "SelfHostedServers", "ServerStartFailed"]
 
 #: Limits for the servers the kit starts, field by field (chat.limits.Limits).
 SELF_HOSTED_LIMITS: dict[str, Any] = {
@@ -44,11 +46,13 @@ SELF_HOSTED_LIMITS: dict[str, Any] = {
     # for the biggest case (the long USERS list: 31 long names + 1 reader).
     "max_clients": 48,
     "max_per_address": 40,
-    # Timers of a few seconds: the KEEP cases wait for them, and every other
-    # case must keep its clients alive meanwhile (the Peers answer PINGs).
-    "register_timeout": 3,
-    "ping_interval": 2,
-    "ping_timeout": 2,
+    # The timers of a public server (chat.limits' defaults): no case but the
+    # timer cases waits that long, so a slow network (a client's connections
+    # opened one by one through a 30 ms proxy take seconds) never trips them.
+    # The timer cases run in the timers room (TIMERS_ROOM_LIMITS).
+    "register_timeout": 30,
+    "ping_interval": 60,
+    "ping_timeout": 30,
     # 100 lines/s with bursts of 20: the flood case measures a delay of half
     # a second, and no other case sends fast enough to notice the limit.
     "flood_rate": 100,
@@ -58,9 +62,19 @@ SELF_HOSTED_LIMITS: dict[str, Any] = {
 }
 
 
+#: The timers room: SELF_HOSTED_LIMITS with timers of a few seconds, for the
+#: KEEP cases, which wait for them (a case finding a timer too long to wait for
+#: in the open room runs here instead).
+TIMERS_ROOM_LIMITS: dict[str, Any] = {
+    "register_timeout": 3,
+    "ping_interval": 2,
+    "ping_timeout": 2,
+}
+
+
 class KitServers:
     """The servers of one run, started by one controller: `open_room`, `password_room`
-    (None when the controller cannot set a password), `private_server(**limits)`."""
+    (None when the controller cannot set a password), `timers_room`, `private_server(**limits)`."""
 
     def __init__(self, controller: InProcessController | CommandController,
                  limits: dict[str, Any] | None = None) -> None:
@@ -73,6 +87,7 @@ class KitServers:
             settings = ServerSettings(self.limits, password="kit-" + secrets.token_hex(8))
             if "password" not in controller.unsettable(settings):
                 self.password_room = self._start(settings)
+            self.timers_room = self._start(ServerSettings({**self.limits, **TIMERS_ROOM_LIMITS}))
         except BaseException:
             self.shutdown()
             raise
@@ -85,7 +100,8 @@ class KitServers:
 
     def targets(self) -> list[Target]:
         """The open room and the password room as the runner's targets."""
-        rooms = [("open room", self.open_room), ("password room", self.password_room)]
+        rooms = [("open room", self.open_room), ("password room", self.password_room),
+                 ("timers room", self.timers_room)]
         return [Target(label, *server.address, password=server.password, settings=server.settings,
                        configuration=f"{label}: {server.configuration}",
                        unsettable=tuple(self.controller.unsettable(server.settings)))
