@@ -28,10 +28,13 @@ a word. The names:
 - `{tls_cert}`, `{tls_key}`, `{tls_port}`: only when the kit is given a
   certificate (--tls-cert); the server then also listens with TLS on tls_port.
 
+A word whose every placeholder stands for nothing (`{password}` for an open
+room, the TLS fields without a certificate) is left out, so optional settings
+are best written as one word: `--password={password}`, `--tls-port={tls_port}`.
 A limit whose field the template lacks cannot be set: the server runs with its
 own default, advertises it in HELLO, and the cases that need a small value of
-it become n/a, with the missing field named in the reason
-(`unsettable`). `{{` and `}}` stand for literal braces.
+it become n/a, with the missing field named in the reason (`unsettable`).
+`{{` and `}}` stand for literal braces.
 
 What must not live here: knowledge of any case.
 """
@@ -320,6 +323,14 @@ class CommandController:
                 file.write((settings.password or "") + "\n")
             cleanup.append(path)
             values["password_file"] = path
-        argv = [word.format(**values) for word in shlex.split(self.template)]
+        argv = [word.format(**values) for word in shlex.split(self.template)
+                if not _all_empty(word, values)]
         tls_address = ("127.0.0.1", tls_port) if tls_port else None
         return CommandServer(argv, ("127.0.0.1", port), settings, tls_address, cleanup)
+
+
+def _all_empty(word: str, values: dict[str, Any]) -> bool:
+    """Whether every placeholder of `word` stands for nothing (an open room's {password},
+    TLS settings without a certificate): such a word is left out of the command."""
+    fields = [field for _, field, _, _ in string.Formatter().parse(word) if field is not None]
+    return bool(fields) and all(values[field] in ("", None) for field in fields)

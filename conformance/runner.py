@@ -168,7 +168,11 @@ class Runner:
             missing = [feature for feature in case.needs if not target.offers(feature)]
             if missing:
                 feature = missing[0]
-                if feature == "tls":
+                if feature == "tls" and target.settings is not None:
+                    reasons.append(("needs TLS: give the kit --tls-cert (and --server-cmd {tls_cert} "
+                                    "{tls_key} {tls_port}) so that the server it starts listens with TLS too",
+                                    feature))
+                elif feature == "tls":
                     reasons.append(("needs TLS: run the kit with --tls against a TLS port", feature))
                 else:
                     reasons.append((f"needs {feature} > 0; the server advertises {feature}="
