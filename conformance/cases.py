@@ -994,9 +994,15 @@ def slow_reader(ctx: CaseContext) -> None:
     gap_allowed = ctx.allowance(1.0 / rate if rate else 0.0)
 
     state = threading.Lock()
-    received = {peer.label: 0 for peer in readers}  # MSGs of this case each reader has read
+    # The MSGs of this case each reader has read, its own echoes left out: a sender's own
+    # echo is [MSG-2]'s business, and a server without it must not stall this case.
+    received = {peer.label: 0 for peer in readers}
+    sent_by = {peer.label: 0 for peer in readers}  # the watcher sends none
     sent = {"lines": 0, "bytes": 0, "stopped_at": math.inf}
-    numbers = [0] * sender_count
+
+    def owed(reader: Peer) -> int:
+        """MSGs sent by the others that `reader` has not read yet (call under `state`)."""
+        return sent["lines"] - sent_by[reader.label] - received[reader.label]
     gone = threading.Event()  # LEAVE slow seen
     send_until = time.monotonic() + SLOW_READER_SEND_TIME
 
@@ -1015,8 +1021,8 @@ def slow_reader(ctx: CaseContext) -> None:
                 raise
         return run
 
-    def take_turn(index: int) -> int | None:
-        """The number of sender `index`'s next MSG, if the window and the budget allow one now."""
+    def take_turn(sender: Peer) -> int | None:
+        """The number of `sender`'s next MSG, if the window and the budget allow one now."""
         with state:
             now = time.monotonic()
             if sent["stopped_at"] < math.inf or gone.is_set():
@@ -1024,12 +1030,12 @@ def slow_reader(ctx: CaseContext) -> None:
             if now > send_until or sent["bytes"] >= must_drop_after:
                 sent["stopped_at"] = now
                 return None
-            if sent["lines"] - min(received.values()) >= window:
+            if max(owed(reader) for reader in readers) >= window:
                 return None
             sent["lines"] += 1
             sent["bytes"] += line_bytes
-            numbers[index] += 1
-            return numbers[index] - 1
+            sent_by[sender.label] += 1
+            return sent_by[sender.label] - 1
 
     def follow(reader: Peer, event: Event, last_line: float) -> float:
         """After one short read: count the case's MSGs, see the LEAVEs, and fail [ORDER-6]
@@ -1039,7 +1045,7 @@ def slow_reader(ctx: CaseContext) -> None:
             raise reader.fail("to keep receiving while one client does not read", event, ids=("ORDER-6",))
         if isinstance(event, Line):
             fields = event.text.split(" ", 2)
-            if fields[0] == "MSG":
+            if fields[0] == "MSG" and fields[1] != reader.name:
                 with state:
                     received[reader.label] += 1
             elif fields[0] == "LEAVE" and fields[1] == slow_name:
@@ -1050,12 +1056,12 @@ def slow_reader(ctx: CaseContext) -> None:
                                   quote_line(event.text), ids=("LIMIT-6",), who=reader.label)
             return event.at
         with state:
-            owed = sent["lines"] - received[reader.label]
-        if owed and time.monotonic() - last_line > gap_allowed:
+            missing = owed(reader)
+        if missing and time.monotonic() - last_line > gap_allowed:
             raise CheckFailed("lines to keep coming while one client does not read",
-                              f"nothing for {gap_allowed:.1f} s while {owed} lines were owed to it",
+                              f"nothing for {gap_allowed:.1f} s while {missing} lines were owed to it",
                               ids=("ORDER-6",), who=reader.label)
-        return last_line if owed else time.monotonic()
+        return last_line if missing else time.monotonic()
 
     def send_and_read(index: int) -> None:
         peer, pacer = senders[index], Pacer(ctx)
@@ -1063,7 +1069,7 @@ def slow_reader(ctx: CaseContext) -> None:
         while not done_waiting():
             wait = 0.05  # for a line, unless the pacer says the next MSG may go sooner
             if pacer.time_to_next() == 0:
-                number = take_turn(index)
+                number = take_turn(peer)
                 if number is not None:
                     peer.send_line(f"MSG {number:06d} {text}")
                     pacer.take()
