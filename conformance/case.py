@@ -233,7 +233,8 @@ class CaseContext:
             count = self._connections_per_alias.get(alias, 0) + 1
             self._connections_per_alias[alias] = count
         label = alias if count == 1 else f"{alias}#{count}"
-        peer = Peer(label, address or self.target.address, self.transcript, timeout=self.timeout,
+        # Every wait for a line allows for the network as measured, on top of --timeout.
+        peer = Peer(label, address or self.target.address, self.transcript, timeout=self.allowance(),
                     ssl_context=self.target.ssl_context if address is None else None,
                     server_hostname=self.target.server_hostname, is_outsider=self.is_outsider,
                     source_address=source_address, receive_buffer=receive_buffer,
