@@ -265,14 +265,16 @@ class CaseContext:
         return peer
 
     def start_private_server(self, **limits: Any) -> PrivateServer:
-        """A fresh reference server for this case alone (e.g. to shut it down).
+        """A fresh server for this case alone (e.g. to shut it down), with the run's
+        limits and these (chat.limits.Limits field names, `password=` too).
 
-        Only when the kit started the reference server itself; against
-        someone else's server the case does not apply.
+        Only when the kit starts the servers itself (in process, or
+        --server-cmd); against a running server the case does not apply, nor
+        when the command cannot set a limit asked for.
         """
         if self._private_servers is None:
-            raise NotApplicable("needs a server the kit may stop; only when the kit starts the "
-                                "reference server itself (run without HOST:PORT)")
+            raise NotApplicable("needs a server the kit may start and stop: give the kit the command "
+                                "that starts yours (--server-cmd) instead of HOST:PORT")
         server = self._private_servers(**limits)
         self._started_servers.append(server)
         self.private_configurations.append(getattr(server, "configuration", "a private server"))

@@ -66,6 +66,9 @@ PLACEHOLDERS = ("host", "port", *LIMIT_FIELDS, "password", "password_file", "tls
 #: server starts in about 0.1 s here; a JVM, or a compiled server built on
 #: first run (`go run`), takes seconds.
 START_DEADLINE = 20.0
+#: Seconds to wait for a started server's first bytes once it accepts a connection;
+#: one that sends none by then is the preflight probe's to judge.
+GREETING_WAIT = 5.0
 #: Seconds between two connection attempts while a server starts (it is a wait
 #: on the server process itself, which ends at once if the process exits).
 START_POLL = 0.05
@@ -203,7 +206,9 @@ class CommandServer(StartedServer):
         self._cleanup = cleanup
         self._output = tempfile.TemporaryFile()
         self._stopped = False
-        # Its own session: SIGTERM goes to the server, not to a terminal's process group.
+        # Its own session and process group: SIGTERM goes to the server and whatever it
+        # started (`go run`, `npm start` and `sh -c` run the server as a child), and
+        # not to the kit's terminal.
         try:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._output,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -218,12 +223,20 @@ class CommandServer(StartedServer):
             raise
 
     def _wait_until_listening(self) -> None:
-        """Connect until it works; the pause between attempts is a wait on the process,
-        which returns at once if the server exits (then its output says why)."""
+        """Connect until it works, then wait for the server's first bytes (its HELLO):
+        a server may listen before it is ready (the reference server installs its
+        SIGTERM handler in between). The pause between attempts is a wait on the
+        process, which returns at once if the server exits (then its output says why)."""
         deadline = time.monotonic() + START_DEADLINE
         while True:
             try:
-                with socket.create_connection(self.address, timeout=max(0.1, deadline - time.monotonic())):
+                connect_within = max(0.1, deadline - time.monotonic())
+                with socket.create_connection(self.address, timeout=connect_within) as probe:
+                    probe.settimeout(GREETING_WAIT)
+                    try:
+                        probe.recv(1)  # the greeting, the close, or (silent server) the preflight's business
+                    except OSError:
+                        pass
                     return
             except OSError as error:
                 last_error = error
@@ -257,8 +270,7 @@ class CommandServer(StartedServer):
             return
         self._stopped = True
         try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=STOP_DEADLINE)
             except subprocess.TimeoutExpired:
@@ -269,10 +281,16 @@ class CommandServer(StartedServer):
             self._remove_files()
             self._output.close()
 
+    def _signal(self, number: int) -> None:
+        """Signal the server's process group (see __init__), if it is still there."""
+        try:
+            os.killpg(self.process.pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def _kill(self) -> None:
         self._stopped = True
-        if self.process.poll() is None:
-            self.process.kill()
+        self._signal(signal.SIGKILL)
         self.process.wait()
         self._remove_files()
         self._output.close()

@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import shlex
+import socket
 import sys
 import xml.etree.ElementTree as ET
 
@@ -32,6 +33,7 @@ from conformance.outcome import NotApplicable
 from conformance.report import PASS
 from conformance.runner import main
 from conformance.selfhost import SELF_HOSTED_LIMITS, KitServers
+from tests.conftest import DEADLINE
 
 PYTHON = shlex.quote(sys.executable)
 #: The reference server's template: every limit it has an option for, the password
@@ -152,3 +154,19 @@ def test_the_self_hosted_run_has_three_rooms_and_names_their_configuration():
     assert targets[1].password and not targets[0].password
     assert "register-timeout=3" in targets[2].configuration
     assert all(t.configuration.startswith(f"{t.label}: reference server in process") for t in targets)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_reaches_a_server_started_by_a_wrapper():
+    """`go run`, `npm start` or `sh -c` run the server as a child: SIGTERM goes to the whole
+    process group, so the server itself stops too and leaves nothing listening."""
+    # The shell ignores SIGTERM and waits for its child, as `go run` does; the server,
+    # which handles SIGTERM, stops, and only then does the shell exit, with 0.
+    wrapped = (f"sh -c 'trap \"\" TERM; {PYTHON} -m chat.server --port \"$0\" --quiet; "
+               "echo the server has stopped' {port}")
+    server = CommandController(wrapped).start(ServerSettings(dict(SELF_HOSTED_LIMITS)))
+    address = server.address
+    server.shutdown()
+    assert server.process.returncode == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=DEADLINE).close()
