@@ -126,6 +126,7 @@ class Runner:
                     transcript=transcript, rerun_args=self.rerun_args, cafile=self.cafile)
                 return self.preflight_failure
             target.hello = peer.hello
+            target.unsettable = tuple(field for field in target.unsettable if _differs(target, field))
             target.network = self._measure_round_trips(peer)
             peer.begin_leave()
             peer.finish_leave(time.monotonic() + self.timeout)
@@ -488,18 +489,26 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     return 1 if any(result.verdict == FAIL for result in results) else 0
 
 
+def _differs(target: Target, field: str) -> bool:
+    """Whether a server the kit started advertises another value for this limit than the
+    kit asked for (what the kit could not set matters only then)."""
+    if target.settings is None or target.hello is None or field not in target.settings.limits:
+        return False
+    return target.hello.get(field.replace("_", "-")) != target.settings.limits[field]
+
+
 def describe_settings(target: Target) -> str:
     """For a server the kit started: what it asked for that the server does not advertise, and why."""
     if target.settings is None or target.hello is None:
         return ""
     lines = []
     for field, wanted in target.settings.limits.items():
-        parameter = field.replace("_", "-")
-        advertised = target.hello.get(parameter)
-        if advertised != wanted:
+        if _differs(target, field):
+            parameter = field.replace("_", "-")
             why = (f"the template has no {{{field}}}" if field in target.unsettable
                    else "the server did not take the setting")
-            lines.append(f"    asked for {parameter}={wanted}, the server advertises {advertised} ({why})\n")
+            lines.append(f"    asked for {parameter}={wanted}, the server advertises "
+                         f"{target.hello.get(parameter)} ({why})\n")
     return "".join(lines)
 
 
