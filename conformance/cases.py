@@ -878,6 +878,12 @@ def flood_delay(ctx: CaseContext) -> None:
     allowance), plus the round trips the kit measured and --timeout."""
     rate, burst = ctx.hello.flood_rate, ctx.hello.flood_burst
     extra = max(3, min(50, math.ceil(rate * 0.2)))
+    # A server may bound the lines waiting for the allowance (`inbound-max`, a HELLO
+    # parameter after password): stay within it, counting PASS, USER and the last PING.
+    waiting_max = ctx.hello.get("inbound-max")
+    if waiting_max > 0:
+        ctx.require(waiting_max >= 4, f"inbound-max={waiting_max}: too few lines may wait to see a delay")
+        extra = min(extra, waiting_max - 3)
     one_line = 1.0 / rate
     slack = FLOOD_CLOCK_SLACK
     for trial in range(1, FLOOD_TRIALS + 1):
