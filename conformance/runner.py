@@ -18,6 +18,7 @@ With no HOST:PORT, the kit starts the reference server itself (selfhost.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
@@ -56,6 +57,10 @@ from conformance.spec import INFORMATIVE, Spec, load_spec
 DEFAULT_CASE_CAP = 30.0
 #: PINGs the probe times to measure the round trip to each server.
 ROUND_TRIP_SAMPLES = 5
+#: After a case failed only by waiting in vain, the kit measures the round trip again
+#: with this many PINGs, each allowed this many times --timeout (see _network_or_server).
+REPROBE_SAMPLES = 2
+REPROBE_WAIT = 4
 #: The reason of every case after a failed preflight probe.
 NOT_RUN = "not run: the server did not greet with HELLO"
 #: Features --expect-feature accepts: HELLO parameters whose 0 means "off", and TLS.
@@ -132,14 +137,14 @@ class Runner:
             peer.finish_leave(time.monotonic() + self.timeout)
         return None
 
-    def _measure_round_trips(self, peer: Peer) -> RoundTrips:
+    def _measure_round_trips(self, peer: Peer, samples: int = 0) -> RoundTrips:
         """PING, wait for PONG, a few times: the network's round trip, for the cases' waits.
 
         No more PINGs than the flood burst allows at once, so [LIMIT-4] does not
         inflate the figure. A server that does not answer is the cases' business.
         """
         hello = peer.hello
-        count = ROUND_TRIP_SAMPLES
+        count = samples or ROUND_TRIP_SAMPLES
         if hello is not None and hello.flood_rate > 0:
             count = max(1, min(count, hello.flood_burst))
         samples = []
@@ -236,6 +241,8 @@ class Runner:
             outcome.setdefault("error", error)
         duration = time.monotonic() - started
         result = self._judge(case, target, context, outcome.get("error"), capped)
+        if result.verdict == FAIL and not capped and _only_waited_in_vain(result, context):
+            result = self._network_or_server(result, target)
         result.configuration = "; ".join(
             [target.configuration or target.label]
             + [f"private server: {configuration}" for configuration in context.private_configurations])
@@ -247,6 +254,39 @@ class Runner:
         result.rerun_args = self.rerun_args
         result.cafile = self.cafile
         return result
+
+    def _network_or_server(self, result: CaseResult, target: Target) -> CaseResult:
+        """A case that failed only by waiting in vain for a line: measure the round trip
+        again, on a new connection. If it now takes far longer than when the run began,
+        and long enough to eat the --timeout the kit adds to every wait, the network may
+        be what made the line late: inconclusive. A server that answers at once, or not
+        at all, keeps the failure."""
+        now = self._round_trips_now(target)
+        threshold = max(2 * target.network.worst, self.timeout / 2)
+        if not now.samples or now.worst <= threshold:
+            return result
+        why = (f"a round trip to the server now takes up to {now.worst * 1000:.0f} ms, against "
+               f"{target.network.worst * 1000:.1f} ms when the run began ({target.network.describe()}): "
+               "the network, not only the server, may have made the line late")
+        failures = [dataclasses.replace(failure, detail=f"Why this is not a failure: {why}")
+                    for failure in result.failures]
+        return CaseResult(result.case, INCONCLUSIVE, target, failures)
+
+    def _round_trips_now(self, target: Target) -> RoundTrips:
+        """The round trip measured again, waiting longer than --timeout for it (a bounded few seconds)."""
+        wait = REPROBE_WAIT * self.timeout
+        peer = Peer(f"re-probe-{target.label}", target.address, Transcript(), timeout=wait,
+                    ssl_context=target.ssl_context, server_hostname=target.server_hostname)
+        try:
+            peer.connect()
+            peer.expect_match(r"HELLO chat/1 .*")
+        except CheckFailed:
+            peer.close()
+            return RoundTrips()
+        network = self._measure_round_trips(peer, samples=REPROBE_SAMPLES)
+        peer.begin_leave()
+        peer.finish_leave(time.monotonic() + wait)
+        return network
 
     def _not_applicable(self, case: Case, reason: str, feature: str | None,
                         target: Target | None = None) -> CaseResult:
@@ -487,6 +527,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             file.write(to_json(results, spec, server_label, args.strict))
     # Inconclusive verdicts are not failures (the summary says so); n/a and warn neither.
     return 1 if any(result.verdict == FAIL for result in results) else 0
+
+
+def _only_waited_in_vain(result: CaseResult, context: CaseContext) -> bool:
+    """Every failure of the case is a wait that ran out (nothing came, or too late), and the
+    server broke no rule on the way: the kind of failure a slow network could cause."""
+    waited = [f for f in result.failures if f.actual.startswith(("timeout after ", "nothing for "))]
+    return bool(waited) and len(waited) == len(result.failures) and not any(
+        peer.violations for peer in context.peers)
 
 
 def _differs(target: Target, field: str) -> bool:

@@ -26,6 +26,7 @@ from conformance.case import Case, Target
 from conformance.grammar import Violation
 from conformance.outcome import Inconclusive
 from conformance.peer import Peer, Transcript
+from conformance.proxy import DelayProxy
 from conformance.report import FAIL, INCONCLUSIVE, PASS, format_failure, format_summary, to_json, to_junit_xml
 from conformance.runner import Runner, all_cases, main
 from conformance.selfhost import RunningServer
@@ -256,3 +257,45 @@ def test_the_self_hosted_kit_writes_its_report_and_exits_when_the_servers_thread
     assert json.loads(report.read_text())["cases"]["spec-example-chat"]["verdict"] == FAIL
     assert "could not stop a server it started" in finished.stdout
     assert "exiting without them" in finished.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_that_ran_out_while_the_network_slowed_down_is_inconclusive():
+    """The round trip was under a millisecond when the run began; then every piece the
+    proxy passes on waits up to 1.5 s. A PONG the case waits 0.05 s for does not come:
+    measured again, a round trip now takes a second or so, so the kit cannot blame the
+    server. (With the proxy's seed fixed, its pauses are the same on every run.)"""
+    def impatient(ctx):
+        alice = ctx.peer("alice")
+        alice.expect_match(r"HELLO chat/1 .*")
+        alice.send_line("PING soon")
+        alice.expect_line("PONG soon", timeout=0.05)
+
+    server = RunningServer()
+    proxy = DelayProxy(server.address, max_delay=0.0, max_cuts=0, seed=11)
+    try:
+        runner = Runner([Target("via proxy", *proxy.address)], SPEC, timeout=1.0)
+        assert runner.probe() is None
+        proxy.max_delay = 1.5
+        result = runner.run_case(Case("impatient", ("PING-1",), (), (), "tests", impatient, "python"))
+    finally:
+        proxy.close()
+        server.shutdown()
+    assert result.verdict == INCONCLUSIVE, verdict_or_report(result)
+    assert "Why this is not a failure: a round trip to the server now takes" in result.failures[0].detail
+
+
+def test_a_wait_that_ran_out_on_a_quick_network_stays_a_failure():
+    def impatient(ctx):
+        alice = ctx.peer("alice")
+        alice.expect_match(r"HELLO chat/1 .*")
+        alice.expect_line("PONG never-asked", timeout=0.05)
+
+    server = RunningServer()
+    try:
+        runner = Runner([Target("server", *server.address)], SPEC)
+        assert runner.probe() is None
+        result = runner.run_case(Case("impatient", ("PING-1",), (), (), "tests", impatient, "python"))
+    finally:
+        server.shutdown()
+    assert result.verdict == FAIL and result.failures[0].actual == "timeout after 0.05 s"
