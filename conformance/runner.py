@@ -60,7 +60,7 @@ ROUND_TRIP_SAMPLES = 5
 #: After a case failed only by waiting in vain, the kit measures the round trip again
 #: with this many PINGs, each allowed this many times --timeout (see _network_or_server).
 REPROBE_SAMPLES = 2
-REPROBE_WAIT = 4
+REPROBE_WAIT = 2
 #: The reason of every case after a failed preflight probe.
 NOT_RUN = "not run: the server did not greet with HELLO"
 #: Features --expect-feature accepts: HELLO parameters whose 0 means "off", and TLS.
@@ -94,7 +94,7 @@ class Runner:
                  case_cap: float = DEFAULT_CASE_CAP, strict: bool = False,
                  expected_features: Iterable[str] = (),
                  private_servers: Callable | None = None, exclusive: bool = False,
-                 rerun_args: str = "", cafile: str | None = None) -> None:
+                 rerun_args: str = "", cafile: str | None = None, network_check: bool = True) -> None:
         self.targets = targets
         self.spec = spec
         self.timeout = timeout
@@ -105,6 +105,8 @@ class Runner:
         self.exclusive = exclusive
         self.rerun_args = rerun_args
         self.cafile = cafile
+        #: Whether a case that failed only by waiting in vain is re-measured (_network_or_server).
+        self.network_check = network_check
         #: Set by probe() when a target did not greet: every case fails with it.
         self.preflight_failure: CaseResult | None = None
 
@@ -241,7 +243,8 @@ class Runner:
             outcome.setdefault("error", error)
         duration = time.monotonic() - started
         result = self._judge(case, target, context, outcome.get("error"), capped)
-        if result.verdict == FAIL and not capped and _only_waited_in_vain(result, context):
+        waited_in_vain = result.verdict == FAIL and not capped and _only_waited_in_vain(result, context)
+        if waited_in_vain and self.network_check:
             result = self._network_or_server(result, target)
         result.configuration = "; ".join(
             [target.configuration or target.label]
