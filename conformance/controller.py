@@ -23,14 +23,16 @@ a word. The names:
 - `{host}`: 127.0.0.1;
 - the fields of chat.limits.Limits, i.e. the HELLO parameters with `_` for `-`
   (LIMIT_FIELDS below): `{max_clients}`, `{register_timeout}`, ...;
-- `{password}`: the room password (empty for an open room), or
-  `{password_file}`: a file whose first line is it (empty for an open room);
+- `{password}`: the room password, or `{password_file}`: a file whose first
+  line is it; both empty for an open room (so write `--password={password}`,
+  `--password-file={password_file}`: see below);
 - `{tls_cert}`, `{tls_key}`, `{tls_port}`: only when the kit is given a
   certificate (--tls-cert); the server then also listens with TLS on tls_port.
 
-A word whose every placeholder stands for nothing (`{password}` for an open
-room, the TLS fields without a certificate) is left out, so optional settings
-are best written as one word: `--password={password}`, `--tls-port={tls_port}`.
+A word whose every placeholder stands for nothing (the password fields for an
+open room, the TLS fields without a certificate) is left out, so optional
+settings are written as one word: `--password-file={password_file}`,
+`--tls-port={tls_port}`.
 A limit whose field the template lacks cannot be set: the server runs with its
 own default, advertises it in HELLO, and the cases that need a small value of
 it become n/a, with the missing field named in the reason (`unsettable`).
@@ -333,9 +335,10 @@ class CommandController:
         tls_port = free_port() if self.offers_tls else None
         cleanup: list[str] = []
         values: dict[str, Any] = {"host": "127.0.0.1", "port": port, **settings.limits,
-                                  "password": settings.password or "", "tls_cert": self.tls_cert or "",
+                                  "password": settings.password or "", "password_file": "",
+                                  "tls_cert": self.tls_cert or "",
                                   "tls_key": self.tls_key or "", "tls_port": tls_port or ""}
-        if "password_file" in self.fields:
+        if "password_file" in self.fields and settings.password:
             descriptor, path = tempfile.mkstemp(prefix="chat-kit-password-")
             with os.fdopen(descriptor, "w", encoding="utf-8") as file:
                 file.write((settings.password or "") + "\n")

@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
 
     servers = None
     if args.address is None:
-        if args.tls:
+        if args.tls and not args.tls_cert:
             out.write("--tls needs HOST:PORT; to test the TLS port of a server the kit starts, give "
                       "--tls-cert (and {tls_cert} {tls_key} {tls_port} in --server-cmd)\n")
             return 2

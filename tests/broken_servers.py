@@ -531,16 +531,15 @@ class FloodBurstPlusOneServer(BrokenServer):
 
     breaks = frozenset({"LIMIT-4"})
 
-    def _admit(self, sock, address, context):
-        import time
+    def __init__(self, host: str = "127.0.0.1", port: int | None = 0, limits: Limits = DEFAULT_LIMITS,
+                 **kwargs) -> None:
+        import dataclasses
 
-        from chat.state import TokenBucket
-
-        connection = super()._admit(sock, address, context)
-        if connection is not None:
-            connection.flood = TokenBucket(self.limits.flood_rate, self.limits.flood_burst + 1,
-                                           time.monotonic())
-        return connection
+        # The server enforces one line more; its room, which writes HELLO, advertises the burst asked for.
+        enforced = dataclasses.replace(limits, flood_burst=limits.flood_burst + 1)
+        super().__init__(host, port, enforced, **kwargs)
+        with self._lock:
+            self._room = self.room_class(limits)
 
 
 class _UncappedSocket(socket.socket):

@@ -42,7 +42,7 @@ REFERENCE_TEMPLATE = (
     f"{PYTHON} -m chat.server --port {{port}} --max-clients {{max_clients}} "
     "--max-per-address {max_per_address} --register-timeout {register_timeout} "
     "--ping-interval {ping_interval} --ping-timeout {ping_timeout} --flood-rate {flood_rate} "
-    "--flood-burst {flood_burst} --outbound-max {outbound_max} --password-file {password_file} "
+    "--flood-burst {flood_burst} --outbound-max {outbound_max} --password-file={password_file} "
     "--tls-cert={tls_cert} --tls-key={tls_key} --tls-port={tls_port} --quiet")
 
 
