@@ -98,8 +98,9 @@ class ServerSettings:
 
     def describe(self) -> str:
         """`register-timeout=3 ping-interval=2 ... password=1`, in HELLO's order."""
-        shown = [f"{name.replace('_', '-')}={self.limits[name]}"
-                 for name in LIMIT_FIELDS if name in self.limits]
+        ordered = [name for name in LIMIT_FIELDS if name in self.limits]
+        ordered += [name for name in self.limits if name not in LIMIT_FIELDS]
+        shown = [f"{name.replace('_', '-')}={self.limits[name]}" for name in ordered]
         shown.append(f"password={1 if self.password else 0}")
         return " ".join(shown)
 
