@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from chat import cli
+from chat import cli, options
 from chat.client_core import HELP, ClientCore
 from chat.client_files import DATA_TIMEOUT
 from chat.protocol import VERSION, is_valid_name
@@ -127,13 +127,13 @@ class TLSStream(PlainStream):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = options.OneLineParser(
         prog="chat-client",
         description=f"The reference client of the {VERSION} chat protocol (see SPEC.md).\n\n{HELP}",
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5000, help="server port (default 5000)")
+    parser.add_argument("--port", type=options.connect_port, default=5000, help="server port (default 5000)")
     parser.add_argument("--name", help="the name to chat under (asked for if not given)")
     parser.add_argument("--password-file", metavar="FILE",
                         help="file whose first line is the room password (default: $CHAT_PASSWORD)")
@@ -198,6 +198,10 @@ def ask_name() -> str | None:
         print(f"{name!r} is not a name: a letter, then up to 31 letters, digits, _ or -")
 
 
+#: What OpenSSL says when the server answers a ClientHello with HELLO chat/1.
+PLAIN_SERVER_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -222,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         stream = connector()
     except OSError as error:  # ssl.SSLError is an OSError too
         reason = error.strerror or error
+        if isinstance(error, ssl.SSLError) and error.reason in PLAIN_SERVER_REASONS:
+            reason = "this port speaks plain chat/1, not TLS: try without --tls"
         print(f"chat-client: cannot connect to {args.host}:{args.port}: {reason}", file=sys.stderr)
         return 1
     # At a terminal a lost connection is followed by a new one; a script

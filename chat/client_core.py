@@ -715,6 +715,9 @@ class ClientCore:
                 self.password = None
             if err.code == ErrorCode.REGISTRATION_TIMEOUT.value and self._asking_name:
                 return []  # We were waiting for the user; we connect again later.
+            if err.code == ErrorCode.TLS_REQUIRED.value:
+                # [SEC-3]: it came instead of HELLO; say what to do about it.
+                return [Error(err.code, "this port speaks TLS, try --tls")]
             return [Error(err.code, err.text)]
         # Every other ERR is the reply to our oldest command ([CMD-3]).
         owed = self._owed.popleft() if self._owed else None

@@ -26,6 +26,9 @@ DEFAULT_NAME_MAX = 32
 # Limits field, that offers each.
 OPTIONAL_VERBS = {"NICK": "nick", "ACT": "action"}
 
+# The largest value HELLO can carry: `number = 1*10DIGIT` (SPEC.md 3).
+NUMBER_MAX = 9_999_999_999
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -62,6 +65,17 @@ class Limits:
     #: [PASS-1] the room's password, or None for an open room. Not advertised
     #: itself, only whether there is one.
     password: str | None = None
+    #: [LIMIT-8] lines of one connection received but held back by flood
+    #: control ([LIMIT-4]) before it is dropped for an excess flood. It bounds
+    #: three things: a paste of up to flood_burst + inbound_max lines (220, a
+    #: long screenful) still arrives in full, at flood_rate; a connection that
+    #: has closed holds its slot for at most inbound_max / flood_rate seconds
+    #: (20) while its last lines are handled ([LIMIT-9]); and the memory one
+    #: connection's unhandled input costs, at most inbound_max * line_max
+    #: (200 KiB, less than outbound_max). IRC servers bound the same queue
+    #: ("RecvQ", "Excess Flood") in bytes, at 2 to 8 KiB: they kill pastes,
+    #: which chat/1 promises to deliver, so the bound here is in lines.
+    inbound_max: int = 200
     #: [CMD-4] optional commands offered (1) or not (0), SPEC.md 6.8:
     #: NICK ([NICK-1]) and ACT ([ACT-1]). On by default; 0 makes a server
     #: that answers them with UNKNOWN_COMMAND ([CMD-5]), as an older one would.
@@ -86,17 +100,22 @@ class Limits:
 
     def __post_init__(self) -> None:
         # HELLO carries whole numbers, and a server must not time out before
-        # what it advertised ([KEEP-4]): so the limits are whole numbers too.
+        # what it advertised ([KEEP-4]): so the limits are whole numbers too,
+        # of at most 10 digits (the grammar's `number`).
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name != "password" and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{field.name} must be a whole number >= 0, not {value!r}")
+            if field.name != "password" and (not isinstance(value, int) or not 0 <= value <= NUMBER_MAX):
+                raise ValueError(f"{field.name} must be a whole number from 0 to {NUMBER_MAX}, "
+                                 f"not {value!r}")
+        # [LIMIT-12]: by [LIMIT-4]'s formula a burst of 0 would allow no line at all.
+        if self.flood_rate and not self.flood_burst:
+            raise ValueError("flood_burst must be at least 1 when flood_rate > 0 (SPEC.md [LIMIT-12])")
         if self.file_max and not (self.file_per_user and self.file_per_server and self.file_expiry):
             # [FILE-1]: a server that relays files bounds them all.
             raise ValueError("with file_max > 0, file_per_user, file_per_server and file_expiry must be > 0")
 
     def hello_params(self) -> list[tuple[str, int]]:
-        """The HELLO parameters in the order [HELLO-2] fixes."""
+        """The HELLO parameters in the order [HELLO-2] fixes, then [LIMIT-11]'s."""
         return [
             ("line-max", self.line_max),
             ("name-max", self.name_max),
@@ -109,6 +128,8 @@ class Limits:
             ("flood-burst", self.flood_burst),
             ("outbound-max", self.outbound_max),
             ("password", 1 if self.password else 0),
+            # Parameters added after chat/1's first eleven ([GRAM-3]).
+            ("inbound-max", self.inbound_max),  # [LIMIT-11]
             # Optional commands come after every other parameter ([CMD-4]).
             ("nick", self.nick),
             ("action", self.action),

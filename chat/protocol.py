@@ -41,6 +41,8 @@ class ErrorCode(str, enum.Enum):
     PING_TIMEOUT = "PING_TIMEOUT"
     SLOW_CONSUMER = "SLOW_CONSUMER"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    EXCESS_FLOOD = "EXCESS_FLOOD"
+    TLS_REQUIRED = "TLS_REQUIRED"
     # File sharing, SPEC.md section 11a.
     FILE_TOO_LARGE = "FILE_TOO_LARGE"
     TRANSFER_EXISTS = "TRANSFER_EXISTS"
@@ -65,6 +67,8 @@ _CLOSING_ERRORS = frozenset({
     ErrorCode.PING_TIMEOUT,
     ErrorCode.SLOW_CONSUMER,
     ErrorCode.SHUTTING_DOWN,
+    ErrorCode.EXCESS_FLOOD,
+    ErrorCode.TLS_REQUIRED,
     ErrorCode.BAD_TOKEN,
 })
 
@@ -129,6 +133,17 @@ class LineBuffer:
                     items.append(line[:-1] if line.endswith(b"\r") else line)
             start = end + 1
         return items
+
+
+def looks_like_tls(data: bytes) -> bool:
+    """Whether a connection's first bytes are a TLS handshake record ([SEC-3], [SEC-4]).
+
+    A TLS client opens with a ClientHello: content type 22 (0x16), then the
+    record version's major byte, 3 (0x03) for SSL 3.0 to TLS 1.3. No chat/1
+    line can start with 0x16, a control character ([FRAME-8]). Given only one
+    byte, 0x16 alone decides.
+    """
+    return data[:1] == b"\x16" and data[1:2] in (b"", b"\x03")
 
 
 # ---------------------------------------------------------------------------

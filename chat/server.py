@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import collections
 import fcntl
+import ipaddress
 import logging
 import os
 import select
@@ -52,25 +53,26 @@ import threading
 import time
 from collections.abc import Callable
 
+from chat import logs, options
 from chat.limits import OPTIONAL_VERBS, Limits
-from chat.protocol import LineBuffer
+from chat.protocol import ErrorCode, LineBuffer, format_error, looks_like_tls
 from chat.state import (
     Action,
     Broadcast,
     ChatRoom,
     Close,
     CutRelay,
+    InputBacklog,
     Register,
     Relay,
     Send,
     Session,
-    TokenBucket,
     Unregister,
 )
 from chat.transfers import RECIPIENT, SENDER, Transfer
-from chat.transport import PlainTransport, TLSTransport
+from chat.transport import NotTLS, PlainTransport, TLSTransport
 
-log = logging.getLogger("chat.server")
+log = logs.SERVER
 
 #: Limits is frozen, so one default value serves every server.
 DEFAULT_LIMITS = Limits()
@@ -132,6 +134,20 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
 #: HELLO, so a tenth of a second is precise enough and costs nothing.
 WATCHDOG_PERIOD = 0.1
+#: Seconds between two summary lines in the log (chat.server.stats, info):
+#: clients, lines in and out per second, bytes queued, drops. A minute is
+#: what a metrics scraper uses, and 1,440 lines a day is not noise.
+SUMMARY_PERIOD = 60.0
+#: Why a session ended (Session.ended) -> the log level an operator wants.
+#: What a client can cause at will is a warning, written through the rate
+#: limiter (logs.LimitedEvents); an ordinary goodbye is info.
+END_LEVELS = {
+    "quit": logging.INFO, "closed": logging.INFO, "timeout": logging.INFO,
+    ErrorCode.REGISTRATION_TIMEOUT.value: logging.INFO, ErrorCode.PING_TIMEOUT.value: logging.INFO,
+    "slow": logging.WARNING, "flood": logging.WARNING,
+    ErrorCode.BAD_PASSWORD.value: logging.WARNING, ErrorCode.SERVER_FULL.value: logging.WARNING,
+    ErrorCode.TOO_MANY_CONNECTIONS.value: logging.WARNING,
+}
 
 
 class Outbox:
@@ -192,7 +208,12 @@ class Connection:
         self.address = address
         self.session = session
         self.lines = LineBuffer(limits.line_max)
-        self.flood = TokenBucket(limits.flood_rate, limits.flood_burst, time.monotonic())
+        #: Lines read and not yet handled ([LIMIT-4], [LIMIT-8]). Reader thread.
+        self.inbound = InputBacklog(limits, time.monotonic())
+        #: Set by the flusher when a send failed: the client reset the
+        #: connection. The kernel reports a reset once, to whichever thread
+        #: touches the socket first; after that recv() sees a plain end.
+        self.reset = False
         #: Released by the flusher once it will touch this socket no more; only
         #: then may the reader close it (closing earlier could let a new
         #: connection reuse the file descriptor while the flusher still writes
@@ -573,6 +594,10 @@ class ChatServer:
         except OSError:
             self._close_listeners()
             raise
+        for address, tls in ((self.address, False), (self.tls_address, True)):
+            if address:
+                logs.event(log, logging.INFO, "listening", address="{}:{}".format(*address),
+                           tls="yes" if tls else "no")
 
         self._lock = threading.Lock()
         self._room = ChatRoom(limits)
@@ -582,6 +607,9 @@ class ChatServer:
         #: handshake (not yet in _connections), so shutdown can reach them.
         self._threads: set[threading.Thread] = set()
         self._handshaking: set[PlainTransport] = set()
+        #: Counters for the summary line, guarded by the lock (see summarize).
+        self._stats = collections.Counter()
+        self._limited_event = logs.LimitedEvents()
 
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -690,8 +718,14 @@ class ChatServer:
         try:
             transport.handshake(HANDSHAKE_TIMEOUT)
             agreed = True
+        except NotTLS as error:
+            self._limited_event(logs.CONNECTIONS, logging.WARNING, "plain-client-on-tls-port",
+                                address=address, detail=str(error))
+            self._refuse_plain_client(transport)
+            agreed = False
         except OSError as error:
-            log.info("TLS handshake with %s failed: %s", address, error)
+            self._limited_event(logs.CONNECTIONS, logging.WARNING, "tls-handshake-failed",
+                                address=address, detail=str(error))
             agreed = False
         with self._lock:
             self._handshaking.discard(transport)
@@ -703,32 +737,81 @@ class ChatServer:
                 connection = Connection(transport, address, session, self.limits, outbox)
                 self._connections[session] = connection
                 self._apply(actions)
+                self._stats["connects"] += 1
         if not admitted:
             transport.close()
             return None
+        if session.counted:
+            logs.event(logs.CONNECTIONS, logging.INFO, "connect", id=session.id, address=address,
+                       tls="yes" if context else None)
         return connection
 
+    def _refuse_plain_client(self, transport: PlainTransport) -> None:
+        """[SEC-3]: tell a plain client on the TLS port, in its own terms, and close."""
+        try:
+            transport.sock.settimeout(CLOSE_GRACE)
+            transport.sock.sendall(format_error(
+                ErrorCode.TLS_REQUIRED, "this port speaks TLS: connect with TLS (chat-client --tls)"))
+            transport.sock.shutdown(socket.SHUT_WR)
+            # Read what it sent, so that closing does not reset the line away.
+            while transport.sock.recv(4096):
+                pass
+        except OSError:
+            pass  # Gone, or took too long: nothing more is owed.
+
     def _read_lines(self, connection: Connection) -> None:
+        """Read, and handle each line when flood control allows.
+
+        The reader goes on reading while [LIMIT-4] holds lines back, so it
+        sees an excess flood ([LIMIT-8]) and a reset ([LIMIT-10]) at once;
+        after the client's close it handles what it has ([FRAME-10], [LIMIT-9]).
+        """
         session = connection.session
+        inbound = connection.inbound
+        transport = connection.transport
         at_eof = False
+        first = True
         try:
             while not session.closing:
-                data = connection.transport.recv()
+                item = inbound.take(time.monotonic())
+                if item is not None:
+                    registered = session.registered
+                    with self._lock:
+                        self._stats["lines_in"] += 1
+                        self._apply(self._room.handle(session, item, time.monotonic()))
+                    if session.registered and not registered:
+                        logs.event(logs.CONNECTIONS, logging.INFO, "register", id=session.id,
+                                   address=connection.address, name=session.name)
+                    continue
+                if at_eof:
+                    if connection.reset or transport.was_reset():
+                        raise ConnectionResetError("seen by the flusher")
+                    # Closed: what is left is handled at the flood rate
+                    # ([FRAME-10]); the slot waits for it ([LIMIT-9]).
+                    if not len(inbound) or self._stopping.wait(inbound.wait(time.monotonic())):
+                        break
+                    continue
+                if len(inbound) and not transport.wait_readable(inbound.wait(time.monotonic())):
+                    continue  # Time for the next line.
+                data = transport.recv()
                 if not data:
                     at_eof = True
-                    break
-                for item in connection.lines.feed(data):
-                    # [LIMIT-4]: wait out a flood here; the client's further
-                    # bytes wait in the kernel, and TCP slows it down.
-                    delay = connection.flood.delay(time.monotonic())
-                    if delay and self._stopping.wait(delay):
+                    continue  # (A reset the flusher saw first ends here too: see above.)
+                if first:
+                    first = False
+                    if not isinstance(transport, TLSTransport) and looks_like_tls(data):
+                        self._tls_on_plain_port(connection)
                         break
+                if not inbound.add(connection.lines.feed(data), time.monotonic()):
                     with self._lock:
-                        self._apply(self._room.handle(session, item, time.monotonic()))
-                    if session.closing:
-                        break
+                        self._stats["drops_flood"] += 1
+                        self._apply(self._room.excess_flood(session))
+                    break
         except OSError:
-            at_eof = True  # Reset or shut down: that peer is gone, nothing more.
+            # Reset or shut down: that peer is gone. A reset aborts, so what it
+            # sent and was not handled yet goes with it ([LIMIT-10]).
+            at_eof = True
+            inbound.discard()
         except Exception:
             # A bug, never the client's fault: log it, drop this client only.
             log.exception("connection %s from %s failed", session.id, connection.address)
@@ -737,10 +820,36 @@ class ChatServer:
             return
         with self._lock:
             self._apply(self._room.disconnect(session, "closed"))
+        # Wait until the flusher is done with it: its last lines are sent and
+        # its slot is free ([LIMIT-3]), so the log line says what is true.
+        connection.flushed.acquire()
+        self._log_end(connection)
         if not at_eof:
             self._drain(connection)
-        connection.flushed.acquire()  # Wait until the flusher is done with it.
         connection.transport.close()
+
+    def _tls_on_plain_port(self, connection: Connection) -> None:
+        """[SEC-4]: a TLS ClientHello on the plain port. The client cannot read a
+        chat/1 line (it choked on HELLO already): close without a reply."""
+        self._limited_event(logs.CONNECTIONS, logging.WARNING, "tls-client-on-plain-port",
+                            id=connection.session.id, address=connection.address)
+        connection.session.ended = "tls-on-plain-port"
+        with self._lock:
+            self._apply(self._room.disconnect(connection.session, "closed"))
+
+    def _log_end(self, connection: Connection) -> None:
+        """One line for the end of a connection: who, and why ([LEAVE-3] reasons, ERR codes)."""
+        session = connection.session
+        reason = session.ended or "closed"
+        level = END_LEVELS.get(reason, logging.INFO)
+        # Only a refusal at the door ends with these codes ([LIMIT-1], [LIMIT-2]).
+        name = "refused" if reason in (ErrorCode.SERVER_FULL.value,
+                                       ErrorCode.TOO_MANY_CONNECTIONS.value) else "disconnect"
+        fields = {"id": session.id, "address": connection.address, "name": session.name, "reason": reason}
+        if level >= logging.WARNING:
+            self._limited_event(logs.CONNECTIONS, level, name, **fields)
+        else:
+            logs.event(logs.CONNECTIONS, level, name, **fields)
 
     def _serve_data_connection(self, connection: Connection) -> None:
         """[FILE-15]: once the flusher has sent what was queued (HELLO) and let go
@@ -775,11 +884,13 @@ class ChatServer:
     # -- applying the room's actions (always under self._lock) ---------------
 
     def _apply(self, actions: list[Action]) -> None:
+        stats = self._stats
         for action in actions:
             if isinstance(action, Broadcast):
                 for outbox in self._outboxes:
                     outbox.batch += action.line
                     outbox.wake()
+                    stats["lines_out"] += len(outbox.members)
                 continue
             if isinstance(action, CutRelay):
                 self._files.cut(action.transfer)
@@ -788,6 +899,7 @@ class ChatServer:
             outbox = connection.outbox
             if isinstance(action, Send):
                 connection.personal.append((len(outbox.batch), action.line))
+                stats["lines_out"] += 1
             elif isinstance(action, Register):
                 connection.room_from = len(outbox.batch)
                 outbox.members.add(connection)
@@ -883,12 +995,14 @@ class ChatServer:
                 transport.send_nowait(b"")
         except OSError:
             outbuf.clear()  # Gone: its reader sees that and cleans up.
+            connection.reset = True
             return False
         if not outbuf and not transport.unsent():
             return False
         limit = self.limits.outbound_max
         if limit and connection.backlog() > limit and connection.close_deadline is None:
             with self._lock:
+                self._stats["drops_slow"] += 1
                 self._apply(self._room.slow_consumer(connection.session))
                 connection.close_deadline = time.monotonic()  # Cut it now.
         return True
@@ -922,9 +1036,33 @@ class ChatServer:
     # -- time ---------------------------------------------------------------------
 
     def _watch_forever(self) -> None:
+        summary_due = time.monotonic() + SUMMARY_PERIOD
         while not self._stopped.wait(WATCHDOG_PERIOD):
+            now = time.monotonic()
             with self._lock:
-                self._apply(self._room.tick(time.monotonic()))
+                self._apply(self._room.tick(now))
+            if now >= summary_due:
+                self.summarize(now - summary_due + SUMMARY_PERIOD)
+                summary_due = now + SUMMARY_PERIOD
+
+    def summarize(self, seconds: float) -> None:
+        """Log one summary line for the last `seconds`, and start counting afresh."""
+        with self._lock:
+            counts = self._stats
+            self._stats = collections.Counter()
+            clients = len(self._connections)
+            registered = sum(len(outbox.members) for outbox in self._outboxes)
+            connections = list(self._connections.values())
+        # Read outside the lock: a flusher may be changing a buffer as this
+        # reads its length, and a figure off by one send is good enough here.
+        queued = sum(connection.backlog() for connection in connections)
+        seconds = max(seconds, 1e-9)
+        logs.event(logs.STATS, logging.INFO, "summary", clients=clients, registered=registered,
+                   connects=counts["connects"],
+                   lines_in_per_s=round(counts["lines_in"] / seconds, 1),
+                   lines_out_per_s=round(counts["lines_out"] / seconds, 1),
+                   bytes_queued=queued, drops_slow=counts["drops_slow"],
+                   drops_flood=counts["drops_flood"])
 
     # -- starting and stopping -------------------------------------------------------
 
@@ -967,6 +1105,7 @@ class ChatServer:
             outbox.thread.join()
             outbox.close()
         self._watchdog.join()
+        logs.event(log, logging.INFO, "stopped")
 
     def __enter__(self) -> ChatServer:
         return self
@@ -980,7 +1119,7 @@ class ChatServer:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Limits()
-    parser = argparse.ArgumentParser(
+    parser = options.OneLineParser(
         prog="chat-server",
         description="The reference chat/1 server (see SPEC.md). Stop it with Ctrl-C or SIGTERM.",
         epilog="Every limit can be set to 0 to switch it off. The room password is read "
@@ -989,35 +1128,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; "
                              "0.0.0.0 or :: exposes the server to the network)")
-    parser.add_argument("--port", type=int, default=5000, help="TCP port (default 5000; 0 picks a free one)")
+    parser.add_argument("--port", type=options.port, default=5000,
+                        help="TCP port (default 5000; 0 picks a free one)")
     limit_options = [
-        ("--max-clients", "max_clients", int, "open connections in all"),
-        ("--max-per-address", "max_per_address", int, "open connections per IP address"),
-        ("--register-timeout", "register_timeout", int, "seconds to send USER"),
-        ("--ping-interval", "ping_interval", int, "seconds of silence before the server PINGs"),
-        ("--ping-timeout", "ping_timeout", int, "seconds to answer the server's PING"),
-        ("--flood-rate", "flood_rate", int, "lines per second per connection"),
-        ("--flood-burst", "flood_burst", int, "lines per connection in a burst"),
-        ("--outbound-max", "outbound_max", int, "bytes queued for a client before it is dropped"),
-        ("--file-max", "file_max", int, "largest file relayed, in bytes (0: no file sharing)"),
-        ("--file-per-user", "file_per_user", int, "transfers one user may have open"),
-        ("--file-per-server", "file_per_server", int, "transfers open at once in all"),
-        ("--file-expiry", "file_expiry", int, "seconds an offer waits for an answer"),
+        ("--max-clients", "max_clients", "open connections in all"),
+        ("--max-per-address", "max_per_address", "open connections per IP address"),
+        ("--register-timeout", "register_timeout", "seconds to send USER"),
+        ("--ping-interval", "ping_interval", "seconds of silence before the server PINGs"),
+        ("--ping-timeout", "ping_timeout", "seconds to answer the server's PING"),
+        ("--flood-rate", "flood_rate", "lines per second per connection"),
+        ("--flood-burst", "flood_burst", "lines per connection in a burst"),
+        ("--outbound-max", "outbound_max", "bytes queued for a client before it is dropped"),
+        ("--inbound-max", "inbound_max", "lines of a client held back by --flood-rate before "
+                                         "it is dropped"),
+        ("--file-max", "file_max", "largest file relayed, in bytes (0: no file sharing)"),
+        ("--file-per-user", "file_per_user", "transfers one user may have open"),
+        ("--file-per-server", "file_per_server", "transfers open at once in all"),
+        ("--file-expiry", "file_expiry", "seconds an offer waits for an answer"),
     ]
-    for option, field, kind, text in limit_options:
+    for option, field, text in limit_options:
         default = getattr(defaults, field)
-        parser.add_argument(option, dest=field, type=kind, default=default,
+        parser.add_argument(option, dest=field, type=options.whole_number, default=default,
                             help=f"{text} (default {default})")
-    parser.add_argument("--password-file", help="file whose first line is the room password")
+    for verb, field in OPTIONAL_VERBS.items():
+        parser.add_argument(f"--{field}", type=int, choices=(0, 1), default=getattr(defaults, field),
+                            help=f"offer the optional command {verb} (1) or not (0) (SPEC.md 6.8; "
+                                 f"default {getattr(defaults, field)})")
+    parser.add_argument("--password-file", type=options.readable_file,
+                        help="file whose first line is the room password")
     parser.add_argument("--password", help="the room password (visible in ps: prefer CHAT_PASSWORD "
                                            "or --password-file)")
     tls = parser.add_argument_group("TLS", "Serve chat/1 inside TLS on a second port, beside "
                                     "the plain one (SPEC.md [SEC-1]).")
-    tls.add_argument("--tls-cert", help="certificate chain file (PEM)")
-    tls.add_argument("--tls-key", help="private key file (PEM); default: in --tls-cert")
-    tls.add_argument("--tls-port", type=int, default=5001, help="TLS port (default 5001; 0 picks one)")
+    tls.add_argument("--tls-cert", type=options.readable_file, help="certificate chain file (PEM)")
+    tls.add_argument("--tls-key", type=options.readable_file,
+                     help="private key file (PEM); default: in --tls-cert")
+    tls.add_argument("--tls-port", type=options.port, default=5001,
+                     help="TLS port (default 5001; 0 picks one)")
     tls.add_argument("--tls-only", action="store_true", help="no plain listener, TLS only")
-    parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    logging_options = parser.add_argument_group("Logging", "Records go to stderr (README, "
+                                                "\"Operating the server\").")
+    logging_options.add_argument("--log-level", choices=logs.LOG_LEVELS, default="info",
+                                 help="the least important records written (default info)")
+    logging_options.add_argument("--log-format", choices=logs.LOG_FORMATS, default="text",
+                                 help="text, or json: one JSON object per line (default text)")
+    logging_options.add_argument("--quiet", action="store_true",
+                                 help="warnings and errors only (the same as --log-level warning)")
     parser.add_argument("--without", action="append", default=[], choices=sorted(OPTIONAL_VERBS.values()),
                         help="do not offer this optional command (SPEC.md 6.8; repeatable), "
                              "as a server older than it would")
@@ -1027,38 +1183,101 @@ def build_parser() -> argparse.ArgumentParser:
 def limits_from_args(args: argparse.Namespace) -> Limits:
     password = args.password or os.environ.get("CHAT_PASSWORD") or None
     if args.password_file:
-        with open(args.password_file, encoding="utf-8") as file:
-            password = file.readline().rstrip("\r\n") or None
+        try:
+            with open(args.password_file, encoding="utf-8") as file:
+                password = file.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            options.fail("chat-server", f"argument --password-file: cannot read {args.password_file}: "
+                                        f"{getattr(error, 'strerror', None) or error}")
+        if not password:
+            # An empty file would silently open the room to everyone.
+            options.fail("chat-server", f"argument --password-file: the first line of "
+                                        f"{args.password_file} is empty")
     fields = {name: getattr(args, name) for name in (
         "max_clients", "max_per_address", "register_timeout", "ping_interval",
-        "ping_timeout", "flood_rate", "flood_burst", "outbound_max",
-        "file_max", "file_per_user", "file_per_server", "file_expiry")}
+        "ping_timeout", "flood_rate", "flood_burst", "outbound_max", "inbound_max",
+        "file_max", "file_per_user", "file_per_server", "file_expiry",
+        *OPTIONAL_VERBS.values())}
     # Optional commands left out (SPEC.md 6.8, [CMD-5]).
     fields.update({field: 0 for field in args.without})
+    if fields["flood_rate"] and not fields["flood_burst"]:
+        options.fail("chat-server", "argument --flood-burst: 0 lets no line through while --flood-rate "
+                                    "is above 0 (SPEC.md [LIMIT-12]); give 1 or more")
     return Limits(password=password, **fields)
+
+
+def tls_context_from_args(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context, or one line naming the option that is wrong."""
+    if not args.tls_cert:
+        if args.tls_only:
+            options.fail("chat-server", "argument --tls-only: needs --tls-cert")
+        if args.tls_key:
+            options.fail("chat-server", "argument --tls-key: needs --tls-cert")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            problem = f"the key in {args.tls_key or args.tls_cert} does not match the certificate"
+        elif args.tls_key:
+            problem = (f"cannot load a PEM certificate from {args.tls_cert} and its key from "
+                       f"{args.tls_key} ({error.reason or error})")
+        else:
+            problem = (f"no PEM certificate and private key in {args.tls_cert}; give the key "
+                       f"with --tls-key ({error.reason or error})")
+        options.fail("chat-server", f"argument --tls-cert: {problem}")
+    except OSError as error:
+        options.fail("chat-server", f"argument --tls-cert: {error.strerror or error}")
+    return context
+
+
+def exposure_warnings(host: str, bound: str, limits: Limits, plain: bool) -> list[str]:
+    """What an operator should hear at start-up about who can reach the room."""
+    try:
+        loopback = ipaddress.ip_address(bound.split("%", 1)[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return []
+    where = f"{host} (every interface)" if bound in ("0.0.0.0", "::") else host
+    warnings = []
+    if limits.password is None:
+        warnings.append(f"listening on {where} with no password: anyone who can reach the port "
+                        "can join (set CHAT_PASSWORD or --password-file)")
+    if plain:
+        warnings.append(f"listening on {where} in the clear: names, messages and the password "
+                        "cross the network unencrypted (--tls-cert with --tls-only, or a firewall)")
+    return warnings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure("warning" if args.quiet else args.log_level, args.log_format)
+    limits = limits_from_args(args)
+    tls_context = tls_context_from_args(args)
     # Reader threads need little stack; 256 KiB instead of 8 MiB keeps ten
     # thousand of them within the address space and their memory small.
     threading.stack_size(256 * 1024)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    tls_context = None
-    if args.tls_cert:
-        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls_context.load_cert_chain(args.tls_cert, args.tls_key)
-    elif args.tls_only:
-        print("chat-server: --tls-only needs --tls-cert", file=sys.stderr)
-        return 2
     try:
-        server = ChatServer(args.host, None if args.tls_only else args.port, limits_from_args(args),
+        socket.getaddrinfo(args.host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        options.fail("chat-server", f"argument --host: {args.host}: {getattr(error, 'strerror', error)}")
+    try:
+        server = ChatServer(args.host, None if args.tls_only else args.port, limits,
                             tls_context=tls_context, tls_port=args.tls_port)
     except OSError as error:
-        print(f"chat-server: cannot listen on {args.host}: {error.strerror}", file=sys.stderr)
+        # The port is taken, or the address is not this machine's: the
+        # options are fine, the machine is not ready for them (status 1).
+        ports = f"--tls-port {args.tls_port}" if args.tls_only else (
+            f"--port {args.port}" + (f" or --tls-port {args.tls_port}" if tls_context else ""))
+        reason = str(error.strerror or error).split(" (while attempting", 1)[0]
+        print(f"chat-server: cannot listen on {args.host} ({ports}): {reason}", file=sys.stderr)
         return 1
+    bound = (server.address or server.tls_address)[0]
+    for warning in exposure_warnings(args.host, bound, limits, plain=server.address is not None):
+        logs.event(log, logging.WARNING, "exposed", detail=warning)
     if server.address:
         print("chat server listening on {}:{}".format(*server.address), flush=True)
     if server.tls_address:

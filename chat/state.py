@@ -20,9 +20,11 @@ command take effect at a single instant ([ORDER-1]). Time is passed in as
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hmac
 import itertools
+import math
 
 from chat import protocol
 from chat.limits import Limits
@@ -53,6 +55,63 @@ class TokenBucket:
         # Negative tokens are a debt: the line may be handled once it is repaid.
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def available(self, now: float) -> int:
+        """Lines that could be handled at once, taking nothing."""
+        return max(0, math.floor(min(self.burst, self._tokens + (now - self._updated) * self.rate)))
+
+
+class InputBacklog:
+    """One connection's lines received and not yet handled ([LIMIT-4], [LIMIT-8]).
+
+    The server reads a connection even while flood control holds its lines
+    back, so that it sees both an excess flood and the client's close or
+    reset at once, instead of when the lines before them have dripped
+    through. `add(items, now)` queues the LineBuffer's items and says whether
+    the bound still holds; `take(now)` gives the next line once flood control
+    allows it (None until then); `wait(now)` is how long that is.
+    """
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        self._flood = TokenBucket(limits.flood_rate, limits.flood_burst, now)
+        # Without flood control nothing waits, so there is nothing to bound.
+        self.limit = limits.inbound_max if limits.flood_rate else 0
+        self._items: collections.deque[bytes | ProtocolError] = collections.deque()
+        #: When the first item may be handled, once its allowance is taken.
+        self._due: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: list[bytes | ProtocolError], now: float) -> bool:
+        """Queue `items`; False if more than `inbound_max` lines now wait
+        beyond what the allowance lets through at once: an excess flood."""
+        self._items.extend(items)
+        if not self.limit:
+            return True
+        return len(self._items) - self._flood.available(now) <= self.limit
+
+    def take(self, now: float) -> bytes | ProtocolError | None:
+        """The next item if flood control lets it be handled now, else None."""
+        if not self._items:
+            return None
+        if self._due is None:
+            self._due = now + self._flood.delay(now)
+        if now < self._due:
+            return None
+        self._due = None
+        return self._items.popleft()
+
+    def wait(self, now: float) -> float:
+        """Seconds until take() may give the next item (0.0: now, or nothing queued)."""
+        return 0.0 if self._due is None else max(0.0, self._due - now)
+
+    def discard(self) -> int:
+        """Drop every unhandled item ([LIMIT-10]: the client reset); how many there were."""
+        count = len(self._items)
+        self._items.clear()
+        self._due = None
+        return count
+
 
 @dataclasses.dataclass(eq=False)
 class Session:
@@ -72,6 +131,9 @@ class Session:
     closing: bool = False
     #: Whether this session holds a connection slot ([LIMIT-1], [LIMIT-2]).
     counted: bool = False
+    #: Why the session ended, for the operator's log: a LEAVE reason
+    #: ([LEAVE-1], [LEAVE-3]) or the ERR code that closed it ([ERR-2]).
+    ended: str | None = None
 
     @property
     def registered(self) -> bool:
@@ -295,6 +357,7 @@ class ChatRoom:
 
     def _leave(self, session: Session, reason: str, *, include_leaver: bool) -> list[Action]:
         session.closing = True
+        session.ended = session.ended or reason
         if not session.registered:
             return []  # [LEAVE-2]
         del self._members[protocol.name_key(session.name)]  # [NAME-4]
@@ -309,6 +372,7 @@ class ChatRoom:
         """The ERR reply for `code`, and the close that [ERR-2] demands for some."""
         actions: list[Action] = [Send(session, protocol.format_error(code, text))]
         if code.closes:
+            session.ended = session.ended or code.value
             actions += self.disconnect(session, "closed")
         return actions
 
@@ -332,7 +396,8 @@ class ChatRoom:
                     session.ping_sent_at = now
                     token = f"keepalive-{next(self._ping_tokens)}"
                     actions.append(Send(session, protocol.format_ping(token)))
-            elif limits.ping_interval and now - session.ping_sent_at >= limits.ping_timeout:
+            elif (limits.ping_interval and limits.ping_timeout  # [KEEP-6]: 0, PING but never close
+                  and now - session.ping_sent_at >= limits.ping_timeout):
                 actions.append(Send(session, protocol.format_error(
                     ErrorCode.PING_TIMEOUT, f"no answer to PING within {limits.ping_timeout} s")))
                 actions += self.disconnect(session, "timeout")
@@ -344,6 +409,7 @@ class ChatRoom:
         for session in list(self._sessions):
             if not session.closing:
                 session.closing = True
+                session.ended = ErrorCode.SHUTTING_DOWN.value
                 actions += [Send(session, protocol.format_error(
                     ErrorCode.SHUTTING_DOWN, "the server is shutting down")), Close(session)]
         return actions
@@ -351,6 +417,15 @@ class ChatRoom:
     def slow_consumer(self, session: Session) -> list[Action]:
         """[LIMIT-6]: `session` fell `outbound_max` bytes behind; drop it."""
         return self.disconnect(session, "slow")
+
+    def excess_flood(self, session: Session) -> list[Action]:
+        """[LIMIT-8]: more than `inbound_max` of its lines wait; drop it."""
+        if session.closing:
+            return []
+        return [Send(session, protocol.format_error(
+            ErrorCode.EXCESS_FLOOD, f"more than {self.limits.inbound_max} lines waiting: "
+                                    f"send at most {self.limits.flood_rate} lines a second"))
+                ] + self.disconnect(session, "flood")
 
 
     # -- file sharing (SPEC.md section 11a) -------------------------------------------------

@@ -20,9 +20,12 @@ plain data behind a lock, and the socket stays an ordinary socket.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
+
+from chat.protocol import looks_like_tls
 
 #: Bytes asked of recv() at a time: one longest line. recv() allocates this
 #: much before it blocks, so an idle connection holds it all the time: with
@@ -33,6 +36,23 @@ RECV_SIZE = 1024
 #: stands in for the kernel's send buffer; without it, encrypting everything
 #: at once would hide a slow reader from the outbound limit.
 TLS_UNSENT_MAX = 64 * 1024
+#: Seconds a client on the TLS port has to send its first byte before the
+#: server takes it for a plain chat/1 client, which waits for HELLO and so
+#: sends nothing ([SEC-3]). A TLS client sends its ClientHello as soon as it
+#: has connected, so it arrives within one network round trip; 3 s covers a
+#: satellite link's 600 ms many times over, and a person at nc waits no longer
+#: than that to be told to use TLS (before: 10 s and then silence).
+FIRST_BYTE_WAIT = 3.0
+
+
+#: Linux's TCP_INFO option, and its state for a connection that is over
+#: (include/net/tcp_states.h); None elsewhere.
+TCP_INFO = getattr(socket, "TCP_INFO", None)
+TCP_CLOSE = 7
+
+
+class NotTLS(OSError):
+    """The client on the TLS port speaks plain chat/1 ([SEC-3])."""
 
 
 class PlainTransport:
@@ -48,6 +68,28 @@ class PlainTransport:
 
     def recv(self, size: int = RECV_SIZE) -> bytes:
         return self.sock.recv(size)
+
+    def was_reset(self) -> bool:
+        """After recv() saw the end: whether the client reset the connection
+        rather than closing it ([LIMIT-10]). The kernel reports a reset once,
+        to whichever thread touches the socket first, and recv() then sees a
+        plain end; the TCP state still tells (Linux: TCP_CLOSE, where a close
+        leaves CLOSE_WAIT). Elsewhere False: the server's own flag remains."""
+        try:
+            return self.sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 1)[0] == TCP_CLOSE
+        except (OSError, TypeError):
+            return False
+
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether recv() has something (bytes, end, error) within `timeout`
+        seconds. Reader thread: it reads on while flood control holds lines
+        back ([LIMIT-8]). poll(), not select(): descriptors pass 1024 here."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        try:
+            return bool(poller.poll(max(0, timeout) * 1000))
+        except OSError:
+            return True  # Let recv() report whatever it is.
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
         try:
@@ -129,6 +171,10 @@ class MemoryTLS:
     def has_outgoing(self) -> bool:
         return self._outgoing.pending > 0
 
+    def has_incoming(self) -> bool:
+        """Whether ciphertext or plaintext waits inside, not yet read."""
+        return self._incoming.pending > 0 or self.sslobj.pending() > 0
+
 
 class TLSTransport(PlainTransport):
     """TLS over a socket through MemoryTLS, the socket itself left alone."""
@@ -145,11 +191,26 @@ class TLSTransport(PlainTransport):
         Raises OSError (ssl.SSLError included) if the client is not speaking
         TLS or gives up; the caller then just closes the socket.
         """
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(min(timeout, FIRST_BYTE_WAIT))
         try:
+            try:
+                first = self.sock.recv(2, socket.MSG_PEEK)
+            except TimeoutError:
+                raise NotTLS("sent nothing: a plain client waiting for HELLO") from None
+            if first and not looks_like_tls(first):
+                raise NotTLS("sent plain text, not a TLS ClientHello")
+            self.sock.settimeout(timeout)
             self._tls.handshake(self.sock, RECV_SIZE)
         finally:
             self.sock.settimeout(None)
+
+    def wait_readable(self, timeout: float) -> bool:
+        with self._tls.lock:
+            if self._tls.has_incoming():
+                # Read from the socket already. (Part of a record makes recv()
+                # wait for the rest: only this client's own lines wait.)
+                return True
+        return super().wait_readable(timeout)
 
     def recv(self, size: int = RECV_SIZE) -> bytes:
         while True:

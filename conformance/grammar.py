@@ -48,7 +48,7 @@ SHA256 = r"[0-9a-f]{64}"
 SERVER_LINE = re.compile("|".join(f"(?:{form})" for form in (
     rf"HELLO chat/1(?: [a-z-]+={NUMBER})+",
     rf"JOIN {NAME}",
-    rf"LEAVE {NAME} (?:quit|closed|timeout|slow)",
+    rf"LEAVE {NAME} (?:quit|closed|timeout|slow|flood)",  # flood: [LIMIT-8]
     rf"MSG {NAME} {TEXT}",
     rf"PM {NAME} {NAME} {TEXT}",
     rf"NAMES(?: {NAME})+",
@@ -170,6 +170,10 @@ class HelloParams:
     @property
     def outbound_max(self) -> int:
         return self.get("outbound-max")
+
+    @property
+    def inbound_max(self) -> int:
+        return self.get("inbound-max")  # [LIMIT-8], [LIMIT-11]: after password
 
     @property
     def password(self) -> bool:

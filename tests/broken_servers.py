@@ -32,12 +32,14 @@ except that the server it starts is the broken one.
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import selectors
 import signal
 import socket
-import sys
 import threading
+import time
+import unicodedata
 from typing import ClassVar
 
 import chat.server
@@ -45,7 +47,7 @@ from chat import protocol
 from chat.limits import Limits
 from chat.protocol import ErrorCode, LineBuffer
 from chat.server import DEFAULT_LIMITS, ChatServer
-from chat.state import Broadcast, ChatRoom, Send
+from chat.state import Broadcast, ChatRoom, Send, Session
 
 # -- the base ------------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class NoEchoServer(BrokenServer):
         "NAME-2", "ERR-2",                       # names-unique-ignoring-case
         "GRAM-1",                                # server-lines-well-formed
         "STATE-1", "USER-2", "PING-3",           # state-table-registered, user-already-registered
-        "GRAM-2",                                # syntax-errors
+        "GRAM-2", "GRAM-4",                      # syntax-errors
         "USER-3",                                # user-join-to-all
         "FRAME-5", "FRAME-6", "FRAME-10",        # line-max-boundary, server-line-maximum, half-close
         "ORDER-5",                               # concurrent-senders: 60 of 90 MSGs
@@ -141,6 +143,8 @@ class NoEchoServer(BrokenServer):
         "CMD-4", "NICK-1", "NICK-2",             # nick-change: MSG as the new name
         "NICK-3", "CMD-5", "ERR-3",              # nick-refused: MSG after the refusals
         "ACT-1", "ACT-2",                        # act-to-everyone: bob's MSG before his ACT
+        "STATE-3",                               # close-with-unread-input: bob waits for her MSGs
+        "LIMIT-8",                               # paste-arrives-in-full: the sender's echoes
     })
 
 
@@ -254,6 +258,9 @@ class ReorderingServer(BrokenServer):
         "MSG-1", "MSG-2", "CMD-3",  # msg-to-everyone
         "SEC-2", "FRAME-1",         # msg-text-unchanged
         "FRAME-5", "FRAME-2",       # line-max-boundary: its 2nd MSG (CR LF, line-max bytes)
+        "STATE-3",                  # close-with-unread-input: her MSGs 01 and 02 swapped
+        "LIMIT-8",                  # paste-arrives-in-full: line 1 after line 2
+        "LIMIT-10", "LEAVE-3",      # reset-discards-backlog: MSG 2 where MSG 1 is due
     })
 
 
@@ -301,6 +308,7 @@ class NoLeaveOnCloseServer(BrokenServer):
         "NAME-4", "LEAVE-1",              # names-free-after-leave
         "GRAM-1", "FRAME-1", "FRAME-3",   # server-lines-well-formed
         "FRAME-10",                       # half-close
+        "LIMIT-10",                       # reset-discards-backlog: no LEAVE after the reset
     })
 
 
@@ -353,13 +361,16 @@ class CrlfServer(BrokenServer):
     # The kit keeps the CR in a line's text, so no expected line ever matches: every case
     # fails at its first expectation, citing what it covers (most often USER-1, at the JOIN
     # of `register`). HELLO's last parameter is `action=1\r` (CMD-4), no number, so
-    # `password=` is read and the password cases apply, and fail (PASS-1, PASS-2).
+    # `password=` and `inbound-max=` before it are read and the password cases apply,
+    # and fail at their first line too (PASS-1, PASS-2).
     consequences = frozenset({
         "USER-1", "HELLO-2", "HELLO-3", "GRAM-1", "GRAM-2", "FRAME-1", "FRAME-9", "FRAME-11",
         "CMD-2", "CMD-3", "ERR-2", "STATE-1", "NAME-1", "PASS-4", "PING-1", "PING-2", "PING-3",
         "MSG-1", "MSG-2", "PM-1", "LEAVE-1", "LIMIT-1", "LIMIT-2",
         "PASS-1", "PASS-2",                       # password-required, password-accepted
         "CMD-4", "NICK-1", "NICK-2", "CMD-5",     # nick-change, optional-commands-not-advertised
+        "LIMIT-11",
+        "ERR-3",  # tls-client-on-plain-port: the bystander's PONG ends in CR LF
     })
 
     def _deliver(self, connection, data: bytes) -> bool:
@@ -381,6 +392,421 @@ class BlockingFlusherServer(BrokenServer):
         except OSError:
             pass
         return False  # nothing ever waits: it was all sent, however long that took
+
+
+# -- what issue 9 found passing: each needs a check the kit lacked -----------------------------
+
+
+class NfcMsgRoom(ChatRoom):
+    def _dispatch(self, session, command):
+        if isinstance(command, protocol.Msg):
+            command = protocol.Msg(unicodedata.normalize("NFC", command.text))  # the break
+        return super()._dispatch(session, command)
+
+
+class NfcMsgServer(BrokenServer):
+    """Breaks [MSG-1]: MSG text is normalised to Unicode NFC before it is relayed, so a
+    decomposed `e` plus U+0301 comes back as one character `\u00e9`."""
+
+    room_class = NfcMsgRoom
+    breaks = frozenset({"MSG-1"})
+    consequences = frozenset({"SEC-2", "FRAME-1"})  # msg-text-unchanged covers them beside MSG-1
+
+
+class PongTokenUncheckedRoom(ChatRoom):
+    def handle(self, session, item, now):
+        if isinstance(item, bytes) and item.startswith(b"PONG ") and not session.closing:
+            session.last_heard, session.ping_sent_at = now, None
+            return []  # the break: any PONG with a field is a PONG, whatever the field
+        return super().handle(session, item, now)
+
+
+class PongTokenUncheckedServer(BrokenServer):
+    """Breaks [GRAM-2] and [GRAM-4]: `PONG` with two tokens, or a token of 65 characters, gets
+    no reply instead of `ERR BAD_SYNTAX` (only a bare `PONG` is refused)."""
+
+    room_class = PongTokenUncheckedRoom
+    breaks = frozenset({"GRAM-2", "GRAM-4"})
+    consequences = frozenset({"ERR-2", "CMD-3"})  # syntax-errors covers them beside GRAM-2
+
+
+class NamesOneByteOverRoom(ChatRoom):
+    def _users(self, session):
+        names = [member.name for member in self._members.values()]
+        # The break: packs as if the LF did not count, so a full line is line-max + 1 bytes.
+        return [Send(session, line) for line in protocol.format_names(names, self.limits.line_max + 1)]
+
+
+class NamesOneByteOverServer(BrokenServer):
+    """Breaks [USERS-3]: NAMES lines are packed up to `line-max + 1` bytes (the LF is
+    forgotten), so a full one is one byte too long."""
+
+    room_class = NamesOneByteOverRoom
+    breaks = frozenset({"USERS-3"})
+
+
+class EarlyRegistrationTimerRoom(ChatRoom):
+    def tick(self, now):
+        actions = []
+        for session in list(self._sessions):
+            if (self.limits.register_timeout and not session.registered and not session.closing
+                    and now + 0.2 - session.connected_at >= self.limits.register_timeout):
+                actions += self._fail(session, ErrorCode.REGISTRATION_TIMEOUT, "too slow")  # 0.2 s early
+        return actions + super().tick(now)
+
+
+class EarlyRegistrationTimerServer(BrokenServer):
+    """Breaks [KEEP-4]: the registration timer fires 0.2 s before `register-timeout`."""
+
+    room_class = EarlyRegistrationTimerRoom
+    breaks = frozenset({"KEEP-4"})
+
+
+class RegistrationTimerFromLastLineRoom(ChatRoom):
+    def tick(self, now):
+        unregistered = [s for s in self._sessions if not s.registered]
+        saved = {s: s.connected_at for s in unregistered}
+        for session in unregistered:
+            session.connected_at = session.last_heard  # the break: counted from the last line
+        try:
+            return super().tick(now)
+        finally:
+            for session, connected_at in saved.items():
+                session.connected_at = connected_at
+
+
+class RegistrationTimerFromLastLineServer(BrokenServer):
+    """Breaks [KEEP-3]: the registration timer counts from the client's last line, not from
+    the connect, so a client that keeps sending PING never has to register."""
+
+    room_class = RegistrationTimerFromLastLineRoom
+    breaks = frozenset({"KEEP-3"})
+
+
+class FullPrecedenceSwappedRoom(ChatRoom):
+    def connect(self, address, now):
+        limits = self.limits
+        if (limits.max_clients and self._open >= limits.max_clients and limits.max_per_address
+                and self._per_address.get(address, 0) >= limits.max_per_address):
+            session = Session(next(self._ids), address, connected_at=now, last_heard=now)
+            return session, self._fail(session, ErrorCode.TOO_MANY_CONNECTIONS, "per address")  # the break
+        return super().connect(address, now)
+
+
+class FullPrecedenceSwappedServer(BrokenServer):
+    """Breaks [LIMIT-2]: when `max-clients` and `max-per-address` are both reached, the
+    refusal is `TOO_MANY_CONNECTIONS` instead of `SERVER_FULL`."""
+
+    room_class = FullPrecedenceSwappedRoom
+    breaks = frozenset({"LIMIT-2"})
+
+
+class CrThenLfLineBuffer(LineBuffer):
+    """Strips a CR only when its LF came in the same read."""
+
+    def __init__(self, line_max: int) -> None:
+        super().__init__(line_max)
+        self.cr_ended_last_read = False
+
+    def feed(self, data: bytes):
+        cr_ended_last_read, self.cr_ended_last_read = self.cr_ended_last_read, data.endswith(b"\r")
+        # Only a CR that ended a line being kept: after an overlong line's
+        # CR, the LF ends the discarded part and items[0] is the next line.
+        ends_kept_line = cr_ended_last_read and not self._discarding
+        items = super().feed(data)
+        if ends_kept_line and data.startswith(b"\n") and items and isinstance(items[0], bytes):
+            items[0] += b"\r"  # the break: the CR is kept, a control character ([FRAME-8])
+        return items
+
+
+class CrThenLfServer(BrokenServer):
+    """Breaks [FRAME-2] and [FRAME-4]: a CR LF whose CR and LF arrive in two reads is not a
+    terminator; the CR stays in the line, which gets `ERR BAD_CHARACTER`."""
+
+    breaks = frozenset({"FRAME-2", "FRAME-4"})
+
+    def _admit(self, *args, **kwargs):
+        connection = super()._admit(*args, **kwargs)
+        if connection is not None:  # the same thread reads next: nothing was read yet
+            connection.lines = CrThenLfLineBuffer(self.limits.line_max)
+        return connection
+
+
+# -- what SPEC.md's clarifications of issue 9 made a MUST ---------------------------------------
+
+
+class EmptyLinesNotAliveRoom(ChatRoom):
+    def handle(self, session, item, now):
+        if item == b"" and not session.closing:
+            return []  # the break: no reply, rightly, but the client is not heard either
+        return super().handle(session, item, now)
+
+
+class EmptyLinesNotAliveServer(BrokenServer):
+    """Breaks [FRAME-12]: an empty line is not a sign of life ([KEEP-1]), so a client that
+    keeps its link up with empty lines is PINGed and timed out."""
+
+    room_class = EmptyLinesNotAliveRoom
+    breaks = frozenset({"FRAME-12"})
+
+
+class EveryByteIsAliveLineBuffer(LineBuffer):
+    def __init__(self, line_max: int, session: Session) -> None:
+        super().__init__(line_max)
+        self.session = session
+
+    def feed(self, data: bytes):
+        self.session.last_heard, self.session.ping_sent_at = time.monotonic(), None  # the break
+        return super().feed(data)
+
+
+class EveryByteIsAliveServer(BrokenServer):
+    """Breaks [KEEP-5]: any bytes count as a sign of life, so a client that trickles an
+    unfinished line byte by byte is never PINGed nor timed out."""
+
+    breaks = frozenset({"KEEP-5"})
+
+    def _admit(self, *args, **kwargs):
+        connection = super()._admit(*args, **kwargs)
+        if connection is not None:  # the same thread reads next: nothing was read yet
+            connection.lines = EveryByteIsAliveLineBuffer(self.limits.line_max, connection.session)
+        return connection
+
+
+class PingTimeoutZeroClosesRoom(ChatRoom):
+    def tick(self, now):
+        actions = []
+        if self.limits.ping_interval and not self.limits.ping_timeout:
+            for session in list(self._sessions):
+                if not session.closing and session.ping_sent_at is not None:  # the break
+                    actions += [Send(session, protocol.format_error(ErrorCode.PING_TIMEOUT, "at once"))]
+                    actions += self.disconnect(session, "timeout")
+        return actions + super().tick(now)
+
+
+class PingTimeoutZeroClosesServer(BrokenServer):
+    """Breaks [KEEP-6]: with `ping-timeout=0` a client that does not answer the PING at once
+    is closed with `ERR PING_TIMEOUT` (0 taken as "no time at all", not "not enforced")."""
+
+    room_class = PingTimeoutZeroClosesRoom
+    breaks = frozenset({"KEEP-6"})
+
+
+def _with(limits: Limits, **values) -> Limits:
+    """A copy of `limits` with values Limits itself refuses (a broken server's own)."""
+    broken = copy.copy(limits)
+    for field, value in values.items():
+        object.__setattr__(broken, field, value)
+    return broken
+
+
+class FloodBurstZeroServer(BrokenServer):
+    """Breaks [LIMIT-12]: `flood-burst=0` with a flood rate, so by [LIMIT-4]'s formula no line
+    is allowed at all (in fact each line waits 1 / flood-rate seconds)."""
+
+    breaks = frozenset({"LIMIT-12"})
+
+    def __init__(self, host="127.0.0.1", port=0, limits=DEFAULT_LIMITS, **kwargs) -> None:
+        super().__init__(host, port, _with(limits, flood_burst=0) if limits.flood_rate else limits, **kwargs)
+
+
+class SmallLineMaxServer(BrokenServer):
+    """Breaks [FRAME-13]: advertises and enforces `line-max=256`, under the 512 a server
+    must allow."""
+
+    breaks = frozenset({"FRAME-13"})
+
+    def __init__(self, host="127.0.0.1", port=0, limits=DEFAULT_LIMITS, **kwargs) -> None:
+        super().__init__(host, port, _with(limits, line_max=256), **kwargs)
+
+
+class BarePongIgnoredRoom(ChatRoom):
+    def handle(self, session, item, now):
+        if item == b"PONG" and not session.closing:
+            session.last_heard, session.ping_sent_at = now, None
+            return []  # the break: "PONG gets no reply", even without its token
+        return super().handle(session, item, now)
+
+
+class BarePongIgnoredServer(BrokenServer):
+    """Breaks [GRAM-4]: a bare `PONG` gets no reply instead of `ERR BAD_SYNTAX`."""
+
+    room_class = BarePongIgnoredRoom
+    breaks = frozenset({"GRAM-4"})
+    consequences = frozenset({"GRAM-2", "ERR-2", "CMD-3"})  # syntax-errors covers them beside GRAM-4
+
+
+class NoDrainServer(BrokenServer):
+    """Breaks [STATE-3]: after LEAVE the socket is closed at once, unread input and all, so
+    the kernel sends a reset and drops what it still held for the client."""
+
+    breaks = frozenset({"STATE-3"})
+
+    def _drain(self, connection) -> None:
+        pass  # the break
+
+
+class MarksSlowRoom(ChatRoom):
+    def slow_consumer(self, session):
+        session.dropped_slow = True
+        return super().slow_consumer(session)
+
+
+class GluedSlowConsumerErrorServer(BrokenServer):
+    """Breaks [LIMIT-13]: a client dropped as slow gets `ERR SLOW_CONSUMER` glued onto the
+    line it was cut in (always inside that line's text: its last five bytes and LF go)."""
+
+    room_class = MarksSlowRoom
+    breaks = frozenset({"LIMIT-13"})
+    ERROR = b"ERR SLOW_CONSUMER x\n"  # short: the glued line stays within [FRAME-6]
+
+    def _deliver(self, connection, data: bytes) -> bool:
+        waiting = super()._deliver(connection, data)
+        if getattr(connection.session, "dropped_slow", False) and not getattr(connection, "told", False):
+            connection.told = True
+            rest = bytes(connection.outbuf)
+            end_of_cut_line = rest.find(b"\n")
+            connection.outbuf[:] = rest[:max(0, end_of_cut_line - 5)] + self.ERROR  # the break
+            with self._lock:
+                connection.close_deadline = time.monotonic() + 2.0  # time for the ERR to go
+            return True
+        return waiting
+
+
+# -- more sections of SPEC.md: one variant each where none was yet -----------------------------
+
+
+class HelloOutOfOrderRoom(ChatRoom):
+    def connect(self, address, now):
+        session, actions = super().connect(address, now)
+        if session.counted:  # greeted: swap two parameters of its HELLO
+            hello = re.sub(rb"(ping-interval=[0-9]+) (ping-timeout=[0-9]+)", rb"\2 \1", actions[0].line)
+            actions = [Send(session, hello)]
+        return session, actions
+
+
+class HelloOutOfOrderServer(BrokenServer):
+    """Breaks [HELLO-2]: HELLO lists `ping-timeout` before `ping-interval` (right values)."""
+
+    room_class = HelloOutOfOrderRoom
+    breaks = frozenset({"HELLO-2"})
+
+
+class BadPasswordStaysOpenRoom(ChatRoom):
+    def _pass(self, session, command):
+        actions = super()._pass(session, command)
+        if isinstance(actions[0], Send) and actions[0].line.startswith(b"ERR BAD_PASSWORD "):
+            session.closing = False
+            return actions[:1]  # the break: the ERR, and no close
+        return actions
+
+
+class BadPasswordStaysOpenServer(BrokenServer):
+    """Breaks [PASS-3] (and [ERR-2]): a wrong password gets `ERR BAD_PASSWORD` but the
+    connection stays open for the next guess."""
+
+    room_class = BadPasswordStaysOpenRoom
+    breaks = frozenset({"PASS-3", "ERR-2"})
+    consequences = frozenset({"STATE-2"})  # password-wrong covers it beside PASS-3
+
+
+class PongTokenTruncatedRoom(ChatRoom):
+    def _dispatch(self, session, command):
+        if isinstance(command, protocol.Ping):
+            return [Send(session, protocol.format_pong(command.token[:32]))]  # the break
+        return super()._dispatch(session, command)
+
+
+class PongTokenTruncatedServer(BrokenServer):
+    """Breaks [PING-1]: a PING token longer than 32 characters comes back cut to 32."""
+
+    room_class = PongTokenTruncatedRoom
+    breaks = frozenset({"PING-1"})
+    consequences = frozenset({"PING-2", "PING-3", "CMD-3"})  # ping-pong covers them beside PING-1
+
+
+class ShutdownWithoutErrorRoom(ChatRoom):
+    def shutdown(self):
+        return [action for action in super().shutdown() if not isinstance(action, Send)]  # the break
+
+
+class ShutdownWithoutErrorServer(BrokenServer):
+    """Breaks [LIMIT-7]: on shutdown every connection is closed without `ERR SHUTTING_DOWN`."""
+
+    room_class = ShutdownWithoutErrorRoom
+    breaks = frozenset({"LIMIT-7"})
+
+
+class BadUtf8AcceptedRoom(ChatRoom):
+    def handle(self, session, item, now):
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace").encode()  # the break: U+FFFD, no ERR
+        return super().handle(session, item, now)
+
+
+class BadUtf8AcceptedServer(BrokenServer):
+    """Breaks [FRAME-7]: bytes that are not UTF-8 are replaced with U+FFFD instead of being
+    answered `ERR BAD_ENCODING`."""
+
+    room_class = BadUtf8AcceptedRoom
+    breaks = frozenset({"FRAME-7"})
+    # Bad UTF-8 is the kit's way to provoke BAD_ENCODING in several transcripts.
+    consequences = frozenset({
+        "ERR-2", "ERR-3", "CMD-3",               # framing-bad-encoding, errors-private
+        "FRAME-11", "STATE-1",                   # check-order
+        "FRAME-9", "PASS-4", "PING-3", "USER-2",  # state-table-connected, state-table-registered
+    })
+
+
+class UserTwiceNameTakenRoom(ChatRoom):
+    def _user(self, session, command):
+        if session.registered:
+            raise protocol.ProtocolError(ErrorCode.NAME_TAKEN, "you have one")  # the break
+        return super()._user(session, command)
+
+
+class UserTwiceNameTakenServer(BrokenServer):
+    """Breaks [USER-2]: USER from a registered client gets `ERR NAME_TAKEN` instead of
+    `ERR ALREADY_REGISTERED`."""
+
+    room_class = UserTwiceNameTakenRoom
+    breaks = frozenset({"USER-2"})
+    consequences = frozenset({
+        "STATE-1",                # user-already-registered, state-table-registered
+        "PING-3",                 # state-table-registered
+        "ERR-2", "ERR-3", "CMD-3",  # errors-private
+    })
+
+
+class PmToSelfTwiceRoom(ChatRoom):
+    def _pm(self, session, command):
+        actions = super()._pm(session, command)
+        return actions * 2 if len(actions) == 1 else actions  # the break: a PM to oneself, twice
+
+
+class PmToSelfTwiceServer(BrokenServer):
+    """Breaks [PM-2]: a PM to oneself is delivered twice."""
+
+    room_class = PmToSelfTwiceRoom
+    breaks = frozenset({"PM-2"})
+    consequences = frozenset({
+        "PM-1", "ERR-3",  # pm-private covers them beside PM-2
+        "USERS-1",        # state-table-registered: its `<names` step meets the second copy
+    })
+
+
+class EndnamesOffByOneRoom(ChatRoom):
+    def _users(self, session):
+        actions = super()._users(session)
+        count = int(actions[-1].line.split()[1])
+        return actions[:-1] + [Send(session, f"ENDNAMES {count + 1}\n".encode())]  # the break
+
+
+class EndnamesOffByOneServer(BrokenServer):
+    """Breaks [USERS-1]: ENDNAMES counts one name more than the NAMES lines list."""
+
+    room_class = EndnamesOffByOneRoom
+    breaks = frozenset({"USERS-1"})
 
 
 # -- not chat servers at all -------------------------------------------------------------------
@@ -446,6 +872,44 @@ class FakeServer:
             self._wake_writer.close()
 
 
+# -- the optional commands (SPEC.md 6.8 to 6.10) -----------------------------------------------
+
+
+class NickOnlyToSenderRoom(ChatRoom):
+    def _nick(self, session, command):
+        # The break: the rename happens, but only the renamer is told.
+        return [Send(session, action.line) for action in super()._nick(session, command)]
+
+
+class NickOnlyToSenderServer(BrokenServer):
+    """Breaks [NICK-1]: `NICK <old> <new>` reaches the renamer alone; the others go on
+    knowing a name that no longer exists."""
+
+    room_class = NickOnlyToSenderRoom
+    breaks = frozenset({"NICK-1"})
+    consequences = frozenset({
+        "CMD-4", "NICK-2",                       # nick-change: bob never sees the NICK
+    })
+
+
+class ActTrimmedRoom(ChatRoom):
+    def _dispatch(self, session, command):
+        if isinstance(command, protocol.Act) and session.registered:
+            # The break: the text is trimmed, not relayed byte for byte.
+            return [Broadcast(protocol.format_act(session.name, command.text.strip()))]
+        return super()._dispatch(session, command)
+
+
+class ActTrimmedServer(BrokenServer):
+    """Breaks [ACT-1]: the text of an ACT loses its leading and trailing spaces."""
+
+    room_class = ActTrimmedRoom
+    breaks = frozenset({"ACT-1"})
+    consequences = frozenset({
+        "CMD-4", "ACT-2",                        # act-to-everyone: the one transcript
+    })
+
+
 # -- the catalogue -------------------------------------------------------------------------------
 
 #: Chat servers by name: each the reference server with one rule broken (or none).
@@ -462,6 +926,31 @@ SERVERS: dict[str, type[BrokenServer]] = {
     "no-line-limit": NoLineLimitServer,
     "crlf": CrlfServer,
     "blocking-flusher": BlockingFlusherServer,
+    "nfc-msg": NfcMsgServer,
+    "pong-token-unchecked": PongTokenUncheckedServer,
+    "names-one-byte-over": NamesOneByteOverServer,
+    "early-registration-timer": EarlyRegistrationTimerServer,
+    "registration-timer-from-last-line": RegistrationTimerFromLastLineServer,
+    "full-precedence-swapped": FullPrecedenceSwappedServer,
+    "cr-then-lf": CrThenLfServer,
+    "empty-lines-not-alive": EmptyLinesNotAliveServer,
+    "every-byte-is-alive": EveryByteIsAliveServer,
+    "ping-timeout-zero-closes": PingTimeoutZeroClosesServer,
+    "flood-burst-zero": FloodBurstZeroServer,
+    "small-line-max": SmallLineMaxServer,
+    "bare-pong-ignored": BarePongIgnoredServer,
+    "no-drain": NoDrainServer,
+    "glued-slow-consumer-error": GluedSlowConsumerErrorServer,
+    "hello-out-of-order": HelloOutOfOrderServer,
+    "bad-password-stays-open": BadPasswordStaysOpenServer,
+    "pong-token-truncated": PongTokenTruncatedServer,
+    "shutdown-without-error": ShutdownWithoutErrorServer,
+    "bad-utf8-accepted": BadUtf8AcceptedServer,
+    "user-twice-name-taken": UserTwiceNameTakenServer,
+    "pm-to-self-twice": PmToSelfTwiceServer,
+    "endnames-off-by-one": EndnamesOffByOneServer,
+    "nick-only-to-sender": NickOnlyToSenderServer,
+    "act-trimmed": ActTrimmedServer,
 }
 
 #: Servers that are not chat servers: the kit's probe fails on HELLO-1 and nothing else runs.
@@ -527,6 +1016,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.name, args.port)
     return _kit(args.name, args.kit_args)
+
+
+# -- kitrunner variants ----------------------------------------------------------------------------
+
+
+class FloodBurstPlusOneServer(BrokenServer):
+    """Breaks [LIMIT-4]: each connection's flood bucket holds flood-burst + 1 lines, so one
+    line more than `flood-burst + flood-rate × t` is handled at once."""
+
+    breaks = frozenset({"LIMIT-4"})
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = 0, limits: Limits = DEFAULT_LIMITS,
+                 **kwargs) -> None:
+        import dataclasses
+
+        # The server enforces one line more; its room, which writes HELLO, advertises the burst asked for.
+        enforced = dataclasses.replace(limits, flood_burst=limits.flood_burst + 1)
+        super().__init__(host, port, enforced, **kwargs)
+        with self._lock:
+            self._room = self.room_class(limits)
+
+
+class _UncappedSocket(socket.socket):
+    """A socket on which setting SO_SNDBUF does nothing: the kernel keeps tuning it."""
+
+    def setsockopt(self, level, option, *value):
+        if (level, option) != (socket.SOL_SOCKET, socket.SO_SNDBUF):
+            super().setsockopt(level, option, *value)
+
+
+class DefaultSendBufferServer(BrokenServer):
+    """Breaks nothing: leaves each client's SO_SNDBUF to the operating system (Linux grows
+    it to 4 MiB), which [LIMIT-20] advises against but [LIMIT-6] allows. The slow-reader
+    case must still pass (the kit may assume outbound-max + 8 MiB before the LEAVE)."""
+
+    def _admit(self, sock, address, context):
+        return super()._admit(_UncappedSocket(fileno=sock.detach()), address, context)
+
+
+SERVERS["flood-burst-plus-one"] = FloodBurstPlusOneServer
+#: Servers that break no MUST in a way the kit may rely on: the kit must pass them.
+#: (Not in SERVERS, whose every entry other than the reference and split-writes breaks a rule.)
+CONFORMING_VARIANTS: dict[str, type[BrokenServer]] = {"default-send-buffer": DefaultSendBufferServer}
 
 
 # -- file-sharing variants (SPEC.md section 11a) ---------------------------------------------
@@ -657,4 +1189,8 @@ SERVERS.update({
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from conformance.runner import exit_process
+
+    # As `python -m conformance` does: a broken server's stuck threads must not
+    # keep the kit's process alive once its report is written.
+    exit_process(main())

@@ -7,6 +7,7 @@ or uses the PING barrier ([PING-2]).
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import subprocess
 import sys
@@ -180,3 +181,43 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in ONCE_MODULES:
             item.add_marker(pytest.mark.once)
+
+
+class LogRecords(logging.Handler):
+    """The server's log records as they are written, for tests that wait for
+    one (a connection's end, say) instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def events(self, name: str) -> list[logging.LogRecord]:
+        with self._changed:
+            return [record for record in self.records if getattr(record, "event", None) == name]
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = DEADLINE) -> list[logging.LogRecord]:
+        """The first `count` records of event `name`; AssertionError if they do not come in time."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.events(name)) >= count, timeout)
+        found = self.events(name)
+        assert len(found) >= count, f"{len(found)} {name!r} records of {count} within {timeout} s"
+        return found[:count]
+
+
+@pytest.fixture
+def log_records():
+    """Every record under the `chat` logger, debug and up, during the test."""
+    handler = LogRecords()
+    logger = logging.getLogger("chat")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

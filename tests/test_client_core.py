@@ -182,6 +182,13 @@ def test_the_register_timeout_while_asking_for_a_name_connects_again_once_answer
     assert core.line_received(hello(), 40.0) == [Send("USER alice2")]
 
 
+def test_a_plain_connection_to_a_tls_port_says_to_use_tls():
+    core = connected_core()
+    # [SEC-3]: the ERR comes instead of HELLO.
+    effects = core.line_received("ERR TLS_REQUIRED this port speaks TLS", 0.0)
+    assert effects == [Error("TLS_REQUIRED", "this port speaks TLS, try --tls")]
+
+
 def test_a_hello_of_another_version_ends_the_session():
     core = connected_core()
     assert core.line_received("HELLO chat/2 line-max=1024", 0.0) == [

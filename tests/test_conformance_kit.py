@@ -33,7 +33,7 @@ from conformance.case import Case, Target
 from conformance.outcome import CheckFailed
 from conformance.report import FAIL, NOT_APPLICABLE, PASS, WARN, format_failure
 from conformance.runner import Runner, all_cases, main
-from conformance.selfhost import SELF_HOSTED_LIMITS, SelfHostedServers
+from conformance.selfhost import SELF_HOSTED_LIMITS, TIMERS_ROOM_LIMITS, SelfHostedServers
 from conformance.spec import load_spec
 
 SPEC = load_spec()
@@ -41,8 +41,10 @@ CASES = all_cases(SPEC)
 CASES_BY_NAME = {case.name: case for case in CASES}
 PLAIN_CASES = [case for case in CASES if "tls" not in case.needs]
 REPO = Path(__file__).resolve().parent.parent
-#: Cases that start a reference server of their own when the kit runs its own.
-PRIVATE_SERVER_CASES = ("shutdown", "optional-commands-not-advertised")
+#: Cases that run on a server of their own (ctx.start_private_server), which only a
+#: self-hosted run (or a run that may start servers) provides.
+PRIVATE_SERVER_CASES = {"shutdown", "both-connection-limits", "ping-timeout-zero",
+                        "slow-consumer-error-whole", "optional-commands-not-advertised"}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +55,8 @@ def servers():
 
 
 def make_runner(servers: SelfHostedServers, **options) -> Runner:
-    targets = [Target("open room", *servers.open_room.address),
-               Target("password room", *servers.password_room.address,
-                      password=servers.password_room.password)]
-    runner = Runner(targets, SPEC, private_servers=servers.private_server, exclusive=True, **options)
+    runner = Runner(servers.targets(), SPEC, private_servers=servers.private_server, exclusive=True,
+                    **options)
     assert runner.probe() is None
     return runner
 
@@ -80,7 +80,7 @@ def tls_server(tmp_path_factory):
     authority.issue_cert("127.0.0.1").configure_cert(server_context)
     cafile = tmp_path_factory.mktemp("tls") / "ca.pem"
     authority.cert_pem.write_to_path(str(cafile))
-    limits = Limits(**{key: value for key, value in SELF_HOSTED_LIMITS.items()})
+    limits = Limits(**{**SELF_HOSTED_LIMITS, **TIMERS_ROOM_LIMITS})
     server = ChatServer("127.0.0.1", None, limits, tls_context=server_context, tls_port=0).start()
     try:
         yield server.tls_address, str(cafile)
@@ -99,9 +99,12 @@ def test_every_case_passes_over_tls(tls_server, case):
     assert runner.probe() is None
     result = runner.run_case(case)
     # What cannot apply to one TLS-only room: the password rooms, the private
-    # servers of the shutdown case (which it stops) and of the optional-commands
-    # case (one without them), and a TLS half-close (see the case).
-    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES + ("half-close",):
+    # servers of the shutdown case (which it stops), of the optional-commands
+    # case (one without them) and of the other private-server cases, a TLS
+    # half-close (see the case), the backlog of a closed connection and a TLS
+    # client on the plain port (which cannot be made over TLS).
+    if case.name.startswith("password-") or case.name in PRIVATE_SERVER_CASES | {
+            "half-close", "closed-backlog-handled", "tls-client-on-plain-port"}:
         assert result.verdict == NOT_APPLICABLE, result.reason
     else:
         assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
@@ -344,19 +347,26 @@ class SpoilingProxy(ThreadedTestServer):
 
 def run_behind_proxy(servers, spoil, name: str, timeout: float = 1.0):
     case = CASES_BY_NAME[name]
-    room = servers.password_room if "password" in case.needs else servers.open_room
+    if "password" in case.needs:
+        room = servers.password_room
+    elif {"register-timeout", "ping-interval"} & set(case.needs):
+        room = servers.timers_room
+    else:
+        room = servers.open_room
     proxy = SpoilingProxy(room.address, spoil)
     try:
+        # No network check: the proxy loses the kit's second PING of the check as well, and
+        # every failure here is the server's (tests/test_conformance_fairness.py tests the check).
         runner = Runner([Target("broken", *proxy.address, password=room.password)], SPEC, timeout=timeout,
-                        rerun_args="HOST:PORT")
+                        rerun_args="HOST:PORT", network_check=False)
         runner.probe()
         return runner.run_case(case)
     finally:
         proxy.close()
 
 
-#: These cases run on a private server (against the reference server), which no
-#: proxy stands in front of.
+#: These cases run on private servers (against the reference server), which
+#: no proxy stands in front of.
 SPOILABLE_CASES = [case for case in PLAIN_CASES if case.name not in PRIVATE_SERVER_CASES]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -438,6 +439,112 @@ def test_a_pm_reaches_no_third_party(connect, bystander):
     victim.expect("PM victim bystander for you only")
     bystander.expect("PM victim bystander for you only")
     assert carol.barrier() == []
+
+
+# ---------------------------------------------------------------------------
+# The input backlog ([LIMIT-8] to [LIMIT-10]): a burst that costs nothing
+# ---------------------------------------------------------------------------
+
+#: The limits of issue 10's report: the defaults, with the timers off so that
+#: only the input bound can free a slot (the registration timeout would free
+#: it after 30 s, and hide a lock-out shorter than that).
+BURST_LIMITS = Limits(register_timeout=0, ping_interval=0)
+
+
+def send_and_abandon(address: tuple[str, int], data: bytes, reset: bool) -> None:
+    """Connect, read HELLO, send `data`, and close (FIN) or reset (RST).
+
+    HELLO is read first, as nc would print it: closing a socket with unread
+    bytes makes the kernel reset the connection instead of closing it."""
+    client = LineClient(address)
+    client.expect_prefix("HELLO chat/1 ")
+    client.send_raw(data)
+    if reset:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("registered", [False, True], ids=["unregistered", "registered"])
+@pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
+def test_a_burst_of_abandoned_floods_does_not_lock_the_address_out(make_server, log_records,
+                                                                  reset, registered):
+    """Issue 10: from one address, max-per-address times: connect, send 1,000
+    empty lines, close (or reset). Each connection ends within the bound the
+    limits give ([LIMIT-9]: inbound-max / flood-rate seconds; here it is an
+    excess flood, [LIMIT-8], or a reset, [LIMIT-10], so at once), and then a
+    new connection from that address gets HELLO, not TOO_MANY_CONNECTIONS.
+    Before the bound, the address was locked out for 98 s."""
+    server = make_server(BURST_LIMITS)
+    limits = server.limits
+    bound = limits.inbound_max / limits.flood_rate  # [LIMIT-9]
+    for index in range(limits.max_per_address):
+        user = f"USER flooder{index}\n".encode() if registered else b""
+        send_and_abandon(server.address, user + b"\n" * 1000, reset)
+    ends = log_records.wait_for("disconnect", limits.max_per_address, timeout=bound + DEADLINE)
+    reasons = {record.fields["reason"] for record in ends}
+    # A reset may reach the server before the lines, which are then gone with it.
+    assert reasons <= ({"flood", "closed"} if reset else {"flood"}), reasons
+    newcomer = LineClient(server.address)
+    newcomer.expect_prefix("HELLO chat/1 ")  # not ERR TOO_MANY_CONNECTIONS
+    newcomer.close()
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_lines_within_the_bound_hold_the_slot_no_longer_than_the_bound(make_server, log_records):
+    """[LIMIT-9]: lines within inbound-max, then a close: they are handled at
+    the flood rate (empty lines: no reply, so no reset comes back), and each
+    connection ends within inbound-max / flood-rate seconds of its close."""
+    server = make_server(Limits(max_per_address=3, flood_rate=50, flood_burst=5, inbound_max=40,
+                                register_timeout=0, ping_interval=0))
+    limits = server.limits
+    for _ in range(limits.max_per_address):
+        send_and_abandon(server.address, b"\n" * (limits.flood_burst + limits.inbound_max), reset=False)
+    ends = log_records.wait_for("disconnect", limits.max_per_address,
+                                timeout=limits.inbound_max / limits.flood_rate + DEADLINE)
+    assert {record.fields["reason"] for record in ends} == {"closed"}  # not an excess flood
+    server.summarize(1.0)
+    summary, = log_records.events("summary")
+    sent = limits.max_per_address * (limits.flood_burst + limits.inbound_max)
+    assert summary.fields["lines_in_per_s"] == sent  # every line was handled ([FRAME-10])
+    newcomer = LineClient(server.address)
+    newcomer.expect_prefix("HELLO chat/1 ")
+    newcomer.close()
+
+
+def test_a_paste_of_a_hundred_lines_arrives_in_full_and_in_order(make_server):
+    """[LIMIT-8] keeps [LIMIT-4]'s promise: a person pasting a long text into
+    nc sees it arrive slowly, all of it. 100 lines in one write, with the
+    default inbound-max (200) and a flood rate that keeps the test short."""
+    server = make_server(Limits(max_per_address=0, flood_rate=100, register_timeout=0,
+                                ping_interval=0))
+    reader = LineClient(server.address).register("reader")
+    paster = LineClient(server.address).register("paster")
+    reader.expect("JOIN paster")
+    paster.send_raw(b"".join(b"MSG line %d of the paste\n" % i for i in range(100)))
+    for i in range(100):
+        reader.expect(f"MSG paster line {i} of the paste")
+    assert paster.barrier() == [f"MSG paster line {i} of the paste" for i in range(100)]
+    for client in (reader, paster):
+        client.close()
+
+
+def test_an_excess_flood_is_dropped_and_the_others_see_leave_flood(make_server):
+    server = make_server(Limits(max_per_address=0, flood_rate=10, flood_burst=5, inbound_max=20,
+                                register_timeout=0, ping_interval=0))
+    bystander = LineClient(server.address).register("bystander")
+    flooder = LineClient(server.address).register("flooder")
+    bystander.expect("JOIN flooder")
+    flooder.send_raw(b"PING x\n" * 100)
+    lines = []
+    while not (line := flooder.line()).startswith("ERR "):
+        lines.append(line)
+    assert lines == ["PONG x"] * len(lines) and len(lines) < 100 - 20
+    assert re.fullmatch(r"ERR EXCESS_FLOOD .+", line), line
+    flooder.expect_closed()
+    assert bystander.barrier() == ["LEAVE flooder flood"]
+    for client in (bystander, flooder):
+        client.close()
 
 
 # ---------------------------------------------------------------------------

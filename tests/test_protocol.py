@@ -178,7 +178,7 @@ def test_error_codes_that_close():
     closing = {code.value for code in ErrorCode if code.closes}
     assert closing == {"BAD_PASSWORD", "SERVER_FULL", "TOO_MANY_CONNECTIONS",
                        "REGISTRATION_TIMEOUT", "PING_TIMEOUT", "SLOW_CONSUMER", "SHUTTING_DOWN",
-                       "BAD_TOKEN"}
+                       "EXCESS_FLOOD", "TLS_REQUIRED", "BAD_TOKEN"}
 
 
 def test_format_server_lines():
@@ -197,7 +197,7 @@ def test_hello_advertises_every_limit_in_order():
     hello = protocol.format_hello(Limits(register_timeout=7, password="pw"))
     assert hello == (b"HELLO chat/1 line-max=1024 name-max=32 max-clients=1000 max-per-address=10 "
                      b"register-timeout=7 ping-interval=60 ping-timeout=30 flood-rate=10 "
-                     b"flood-burst=20 outbound-max=262144 password=1 nick=1 action=1 "
+                     b"flood-burst=20 outbound-max=262144 password=1 inbound-max=200 nick=1 action=1 "
                      b"file-max=1073741824 file-per-user=4 file-per-server=32 file-expiry=120\n")
 
 
@@ -205,6 +205,12 @@ def test_hello_advertises_every_limit_in_order():
 def test_limits_are_whole_numbers(field, value):
     with pytest.raises(ValueError, match=field):
         Limits(**{field: value})
+
+
+def test_a_flood_rate_needs_a_burst_of_at_least_one():
+    with pytest.raises(ValueError, match="LIMIT-12"):
+        Limits(flood_rate=5, flood_burst=0)
+    assert Limits(flood_rate=0, flood_burst=0).flood_burst == 0
 
 
 def test_names_lines_respect_line_max_and_list_everyone_once():

@@ -95,7 +95,7 @@ def test_join_leave_churn_while_broadcasting_loses_nothing(server, connect):
         assert sender.barrier()[-1] == f"MSG {sender.name} still connected"
 
 
-def test_a_reader_that_stops_reading_delays_no_one_and_is_dropped(make_server):
+def test_a_reader_that_stops_reading_delays_no_one_and_is_dropped(make_server, log_records):
     server = make_server(Limits(max_per_address=0, flood_rate=0, register_timeout=0,
                                 ping_interval=0, outbound_max=64 * 1024))
     stalled = LineClient(server.address)
@@ -132,6 +132,8 @@ def test_a_reader_that_stops_reading_delays_no_one_and_is_dropped(make_server):
     assert [line for line in talker_view if line.startswith("MSG")] == [
         f"MSG talker {n} {text}" for n in range(1, sent + 1)]
     assert talker_view.count("LEAVE stalled slow") == 1
+    dropped, = log_records.wait_for("disconnect")  # the operator hears of it
+    assert (dropped.fields["name"], dropped.fields["reason"]) == ("stalled", "slow")
     for client in (stalled, talker, listener):
         client.close()
 

@@ -209,6 +209,14 @@ def test_keepalive_pings_an_idle_client_then_times_it_out():
     assert Broadcast(b"LEAVE alice timeout\n") in actions and actions[-1] == Close(alice)
 
 
+def test_a_ping_timeout_of_zero_pings_but_never_closes():
+    room = ChatRoom(Limits(register_timeout=0, ping_interval=10, ping_timeout=0, max_per_address=0))
+    alice = register(room, "alice")
+    [ping] = room.tick(10.0)                      # [KEEP-6]: the PING still goes out...
+    assert ping.session is alice and ping.line.startswith(b"PING ")
+    assert room.tick(1000.0) == [] and not alice.closing   # ...but nobody is closed for silence
+
+
 def test_any_line_answers_the_servers_ping():
     room = ChatRoom(Limits(register_timeout=0, ping_interval=10, ping_timeout=5, max_per_address=0))
     alice = register(room, "alice")
