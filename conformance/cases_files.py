@@ -472,7 +472,8 @@ def file_expiry(ctx: CaseContext) -> None:
     alice.expect_error("OFFER_EXPIRED", ids=("FILE-12",))
 
 
-@python_case("file-data-no-timers", covers=["FILE-21"], needs=["file-max", "file-expiry"], quote=[
+@python_case("file-data-no-timers", covers=["FILE-21"], needs=["file-max", "file-expiry", "register-timeout"],
+             quote=[
     "Once its DATA line is accepted, a data connection MUST NOT be sent a keepalive PING nor be timed out "
     "by [KEEP-2] or [KEEP-3]",
 ])

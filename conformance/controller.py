@@ -61,7 +61,8 @@ from conformance.case import PrivateServer
 #: tests/test_conformance_controller.py checks this against chat.limits.
 LIMIT_FIELDS = ("line_max", "name_max", "max_clients", "max_per_address", "register_timeout",
                 "ping_interval", "ping_timeout", "flood_rate", "flood_burst", "outbound_max",
-                "inbound_max", "nick", "action")
+                "inbound_max", "nick", "action", "file_max", "file_per_user", "file_per_server",
+                "file_expiry")
 #: Every placeholder a --server-cmd template may use.
 PLACEHOLDERS = ("host", "port", *LIMIT_FIELDS, "password", "password_file", "tls_cert", "tls_key",
                 "tls_port")

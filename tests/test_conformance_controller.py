@@ -43,7 +43,8 @@ REFERENCE_TEMPLATE = (
     "--max-per-address {max_per_address} --register-timeout {register_timeout} "
     "--ping-interval {ping_interval} --ping-timeout {ping_timeout} --flood-rate {flood_rate} "
     "--flood-burst {flood_burst} --outbound-max {outbound_max} --inbound-max {inbound_max} "
-    "--nick {nick} --action {action} --password-file={password_file} "
+    "--nick {nick} --action {action} --file-max {file_max} --file-per-user {file_per_user} "
+    "--file-per-server {file_per_server} --file-expiry {file_expiry} --password-file={password_file} "
     "--tls-cert={tls_cert} --tls-key={tls_key} --tls-port={tls_port} --quiet")
 
 
