@@ -46,6 +46,12 @@ def both_connection_limits(ctx: CaseContext) -> None:
     extra.expect_closed(ids=("LIMIT-1", "ERR-2"))
 
 
+#: Times close-with-unread-input closes a connection with input left unread
+#: (see the case): at about four in five per try, a server that does not drain
+#: goes unnoticed in 4 tries about once in 600 runs.
+CLOSE_ATTEMPTS = 4
+
+
 @python_case("close-with-unread-input", covers=["STATE-3", "STATE-2"], quote=[
     "The lines of an orderly close MUST reach a client that keeps reading even when it sent more after "
     "the line that closed it",
@@ -75,33 +81,35 @@ def close_with_unread_input(ctx: CaseContext) -> None:
     ctx.require(count >= 12, f"flood-burst={burst} leaves room for {count} MSGs before LEAVE; "
                 "the case needs 12 to fill the receive window")
     bob = ctx.register("bob")
-    alice = ctx.peer("alice", receive_buffer=4096)
-    ctx.register("alice", peer=alice)
-    alice.tolerate_cut = True  # a reset cuts where it falls: the case says what was lost
-    bob.expect_line(f"JOIN {alice.name}")
     filler = "u" * min(900, ctx.hello.line_max - len("MSG 00 \n"))
-    echoes = [f"MSG {alice.name} {i:02d} {filler}" for i in range(count)]
     # 32 KiB after the LEAVE, in long lines rather than many short ones: what
     # a server has read and not handled counts against inbound-max ([LIMIT-8]),
     # and this case is about the close, not that bound.
     after_line = f"MSG after-leave {'v' * min(900, ctx.hello.line_max - len('MSG after-leave ' + chr(10)))}\n"
     after = after_line.encode() * -(-32768 // len(after_line))
-    alice.send_raw("".join(f"MSG {i:02d} {filler}\n" for i in range(count)).encode() + b"LEAVE\n" + after)
-    for echo in echoes:
-        bob.expect_line(echo, ids=("STATE-3",))
-    bob.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
-    bob.quiet(ids=("STATE-2",))  # nothing of what she sent after LEAVE
-    # More input after the server has handled her LEAVE: a server that reads
-    # ahead may have read all of the first write, but not this. One that has
-    # closed without draining answers it with a reset ([STATE-3]).
-    try:
-        alice.send_raw(after)
-    except OSError:
-        pass  # reset already: what she lost shows below
-    for echo in echoes:
-        alice.expect_line(echo, ids=("STATE-3",))
-    alice.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
-    alice.expect_closed(ids=("STATE-3",))
+    # A reset destroys what the server's kernel still held for her when it
+    # came, and how much that is depends on timing: a server that does not
+    # drain lost lines in about four runs of five here. A server that drains
+    # loses nothing in any run, so the case tries CLOSE_ATTEMPTS times.
+    for attempt in range(CLOSE_ATTEMPTS):
+        alice = ctx.peer(f"alice{attempt + 1}", receive_buffer=4096)
+        ctx.register(f"alice{attempt + 1}", peer=alice)
+        alice.tolerate_cut = True  # a reset cuts where it falls: the case says what was lost
+        bob.expect_line(f"JOIN {alice.name}")
+        echoes = [f"MSG {alice.name} {i:02d} {filler}" for i in range(count)]
+        alice.send_raw("".join(f"MSG {i:02d} {filler}\n" for i in range(count)).encode() + b"LEAVE\n" + after)
+        for echo in echoes:
+            bob.expect_line(echo, ids=("STATE-3",))
+        bob.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
+        bob.quiet(ids=("STATE-2",))  # nothing of what she sent after LEAVE
+        # More input after the server has handled her LEAVE: a server that
+        # reads ahead may have read all of the first write, but not this. One
+        # that has closed without draining answers it with a reset ([STATE-3]).
+        alice.send_raw(after)  # False if reset already: what she lost shows below
+        for echo in echoes:
+            alice.expect_line(echo, ids=("STATE-3",))
+        alice.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
+        alice.expect_closed(ids=("STATE-3",))
 
 
 @python_case("slow-consumer-error-whole", covers=["LIMIT-13"], quote=[
