@@ -856,14 +856,20 @@ class ChatServer:
         of the socket, the relay runs this data connection to its end."""
         connection.flushed.acquire()
         relay = connection.relay
+        connection.session.ended = "relayed"  # its `disconnect` line says what it was
         if connection.handed_over:
             self._files.serve(relay, connection.relay_pair, connection.transport)
+            self._log_end(connection)
             return
         connection.transport.close()  # Cut before the handover (shutdown, a stuck HELLO).
+        self._log_end(connection)
         self._files.cut(relay.transfer)
         self._relay_finished(relay.transfer, "aborted")
 
     def _relay_finished(self, transfer: Transfer, outcome: str) -> None:
+        # Who and how it ended, never what: no file name, no bytes.
+        logs.event(logs.CONNECTIONS, logging.INFO, "relay", sender=transfer.sender.id,
+                   recipient=transfer.recipient.id, outcome=outcome)
         with self._lock:
             self._apply(self._room.relay_finished(transfer, outcome, time.monotonic()))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -128,7 +129,9 @@ def run_transfer(address, sending, receiving, *, send=None):
     return incoming, result.get("orderly", False)
 
 
-def test_a_file_reaches_its_recipient_checked_and_only_then_under_its_name(file_server, parties, tmp_path):
+def test_a_file_reaches_its_recipient_checked_and_only_then_under_its_name(file_server, parties, tmp_path,
+                                                                          caplog):
+    caplog.set_level(logging.INFO, logger="chat.server.conn")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     source = tmp_path / "holiday photo.jpg"
@@ -148,6 +151,13 @@ def test_a_file_reaches_its_recipient_checked_and_only_then_under_its_name(file_
     assert os.listdir(downloads) == ["holiday photo.jpg"]  # no temporary file left
     assert carol.chat.barrier() == []  # carol saw nothing of it
     wait_for(lambda: open_descriptors() <= baseline, "the data connections' sockets closed")
+    # The operator's log says a file went from whom to whom, and never which file.
+    def logged(event: str, field: str) -> list[str]:
+        return [r.fields[field] for r in list(caplog.records) if getattr(r, "event", None) == event]
+
+    wait_for(lambda: logged("disconnect", "reason").count("relayed") == 2, "data connections' ends logged")
+    assert logged("relay", "outcome") == ["ok"]
+    assert not any("holiday" in r.getMessage() for r in list(caplog.records))
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
