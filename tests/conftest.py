@@ -161,11 +161,18 @@ def no_threads_left_behind():
 
 
 #: Test modules whose outcome does not depend on the Python running them: each
-#: starts its own processes (the broken-server suite runs the kit as a process
-#: per broken server; the benchmark's smoke run starts servers and load
-#: generators). tox runs them once, in its `once` environment, instead of once
-#: per interpreter; a plain `pytest` runs them with the rest.
-ONCE_MODULES = frozenset({"test_kit_can_fail.py", "test_bench.py", "test_files_big.py"})
+#: drives servers and the kit as processes or over sockets, at length. The
+#: broken-server suite runs the kit as a process per broken server; the
+#: benchmark's smoke run starts servers and load generators; the kit's
+#: fairness, --server-cmd and 30 ms jitter-proxy suites run whole kit runs; the
+#: file-sharing suite moves 200 MB files between clients, plain and TLS.
+#: tox runs them once, in its `once` environment, instead of once per
+#: interpreter (the kit itself still runs every case against the reference
+#: server, plain and TLS, on every interpreter: tests/test_conformance_kit.py);
+#: a plain `pytest` runs them with the rest.
+ONCE_MODULES = frozenset({"test_kit_can_fail.py", "test_bench.py", "test_proxy.py",
+                          "test_conformance_controller.py", "test_conformance_fairness.py",
+                          "test_files_big.py"})
 
 
 def pytest_configure(config):
@@ -181,6 +188,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in ONCE_MODULES:
             item.add_marker(pytest.mark.once)
+        if item.path.name == "test_kit_can_fail.py":
+            # Its first test starts every kit run (a pool of them): the whole
+            # module stays on one xdist worker (--dist loadgroup).
+            item.add_marker(pytest.mark.xdist_group("kit-can-fail"))
 
 
 class LogRecords(logging.Handler):
