@@ -86,6 +86,9 @@ SEND_BUFFER = 64 * 1024
 #: Seconds an orderly close waits for a client to take its last lines
 #: ([STATE-2]) before the connection is cut regardless.
 CLOSE_GRACE = 2.0
+#: Bytes a draining reader asks of recv() at a time ([STATE-3]): what it
+#: reads is thrown away, so a larger read just ends the drain sooner.
+DRAIN_SIZE = 64 * 1024
 #: Seconds [LIMIT-7] allows for delivering queued lines at shutdown.
 SHUTDOWN_GRACE = 1.0
 #: Seconds a client has to complete the TLS handshake. It holds a thread but
@@ -880,9 +883,14 @@ class ChatServer:
         which can destroy the last lines still on their way to the client (its
         own LEAVE, say). So the reader keeps reading until the client closes,
         or until the flusher cuts the connection after CLOSE_GRACE.
+
+        The bytes are read from the socket as they are, ciphertext over TLS:
+        they are thrown away, so there is nothing to decrypt, and a TLS layer
+        that has sent its close_notify may refuse to read more, which would
+        end the drain early and bring the reset back.
         """
         try:
-            while connection.transport.recv():
+            while connection.transport.sock.recv(DRAIN_SIZE):
                 pass
         except OSError:
             pass
