@@ -360,9 +360,10 @@ class CrlfServer(BrokenServer):
     breaks = frozenset({"FRAME-3"})
     # The kit keeps the CR in a line's text, so no expected line ever matches: every case
     # fails at its first expectation, citing what it covers (most often USER-1, at the JOIN
-    # of `register`). HELLO's last parameter is `action=1\r` (CMD-4), no number, so
-    # `password=` and `inbound-max=` before it are read and the password cases apply,
-    # and fail at their first line too (PASS-1, PASS-2).
+    # of `register`). HELLO's last parameter carries the CR, so it is no number; the ones
+    # before it are read, `password=` among them, and the password cases apply, and fail
+    # at their first line too (PASS-1, PASS-2). (The file-sharing section below adds what
+    # HELLO's later parameters bring in.)
     consequences = frozenset({
         "USER-1", "HELLO-2", "HELLO-3", "GRAM-1", "GRAM-2", "FRAME-1", "FRAME-9", "FRAME-11",
         "CMD-2", "CMD-3", "ERR-2", "STATE-1", "NAME-1", "PASS-4", "PING-1", "PING-2", "PING-3",
