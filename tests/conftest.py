@@ -188,10 +188,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in ONCE_MODULES:
             item.add_marker(pytest.mark.once)
-        if item.path.name == "test_kit_can_fail.py":
-            # Its first test starts every kit run (a pool of them): the whole
-            # module stays on one xdist worker (--dist loadgroup).
-            item.add_marker(pytest.mark.xdist_group("kit-can-fail"))
 
 
 class LogRecords(logging.Handler):

@@ -38,6 +38,12 @@ from conformance.spec import load_spec
 from tests.broken_servers import FAKES, SERVERS, FakeServer, SplitWritesServer, expected_failures
 from tests.conftest import DEADLINE
 
+#: Its first test starts every kit run (a pool of them): with pytest-xdist the
+#: whole module stays on one worker (`--dist loadgroup`, tox's `once`), or
+#: every worker would start every run. (A marker added by a conftest hook
+#: comes too late for xdist's grouping: it has to be here.)
+pytestmark = pytest.mark.xdist_group("kit-can-fail")
+
 REPO = Path(__file__).resolve().parent.parent
 #: Kit processes running at once. A run is mostly waiting for timers (about 28 s,
 #: 26 of them in the six timer cases, under one second of CPU), but each also
