@@ -43,6 +43,8 @@ class ErrorCode(str, enum.Enum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     EXCESS_FLOOD = "EXCESS_FLOOD"
     TLS_REQUIRED = "TLS_REQUIRED"
+    #: SPEC.md 11b, [CLUSTER-6]: a server of a cluster cannot reach the room's log.
+    BACKPLANE_DOWN = "BACKPLANE_DOWN"
 
     @property
     def closes(self) -> bool:

@@ -1,0 +1,299 @@
+"""The backplane: the room's log in a Redis stream, and the threads that use it (SPEC.md 11b).
+
+`python -m chat.server --backplane redis://HOST:PORT/DB` makes the server one
+of a cluster: chat/cluster.py decides, this module carries entries to and from
+Redis. Standard library only: RESP2, the few commands used here, over a socket.
+
+    writer thread:    appends this server's entries (XADD), in the order the
+                      room made them, and a heartbeat every lease / 5
+                      ([CLUSTER-5]); while Redis cannot be reached it refuses
+                      the clients' commands at once ([CLUSTER-6]) and keeps
+                      the LEAVEs until it can append them
+    consumer thread:  reads the stream in order (XREAD BLOCK) from its first
+                      entry, applies each entry to the room under the server's
+                      lock, and wakes the reader waiting for its own entry
+
+Why Redis Streams (README, "Running a cluster"): one `redis-server` process,
+a Debian package with no configuration, and a stream is exactly the ordered,
+durable log the design needs (XADD gives each entry its place and time, XREAD
+BLOCK follows it). NATS JetStream would do too, with a second server to run.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import threading
+import time
+import urllib.parse
+
+from chat import cluster, logs
+
+log = logging.getLogger("chat.server.backplane")
+
+#: The stream holding the room's log.
+STREAM = b"chat1:room"
+#: Seconds between two attempts to reach Redis after a failure ([CLUSTER-6]).
+#: Short: while Redis is unreachable every command is refused.
+RECONNECT_PERIOD = 0.5
+#: Milliseconds one XREAD waits for new entries; the consumer then looks at
+#: whether the server is stopping.
+READ_BLOCK_MS = 500
+#: Entries taken by one XREAD: a batch is applied under one lock.
+READ_COUNT = 1000
+#: Seconds to connect to Redis, and to wait for one reply (XREAD's block aside).
+REDIS_TIMEOUT = 2.0
+#: Seconds the server's shutdown waits for its last LEAVEs to reach the log.
+FLUSH_GRACE = 1.0
+
+
+class RedisError(OSError):
+    """Redis could not be reached, or answered with an error."""
+
+
+class RedisConnection:
+    """One connection to Redis speaking RESP2: a command, then its reply."""
+
+    def __init__(self, host: str, port: int, db: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=REDIS_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+        if db:
+            self.command(b"SELECT", str(db).encode())
+
+    def command(self, *args: bytes, timeout: float = REDIS_TIMEOUT):
+        request = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            request.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        self.sock.settimeout(timeout)
+        self.sock.sendall(b"".join(request))
+        return self._reply()
+
+    def _reply(self):
+        line = self.file.readline()
+        if not line.endswith(b"\r\n"):
+            raise RedisError("Redis closed the connection")
+        kind, body = line[:1], line[1:-2]
+        if kind == b"+":
+            return body
+        if kind == b"-":
+            raise RedisError(body.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(body)
+        if kind == b"$":
+            if int(body) < 0:
+                return None
+            data = self.file.read(int(body) + 2)
+            if len(data) != int(body) + 2:
+                raise RedisError("Redis closed the connection")
+            return data[:-2]
+        if kind == b"*":
+            return None if int(body) < 0 else [self._reply() for _ in range(int(body))]
+        raise RedisError(f"unexpected reply from Redis: {line[:40]!r}")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def parse_url(url: str) -> tuple[str, int, int]:
+    """(host, port, db) from `redis://HOST[:PORT][/DB]`; ValueError says what is wrong."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError(f"{url}: expected redis://HOST[:PORT][/DB]")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url}: the database after / is a number")
+    return parts.hostname, parts.port or 6379, int(path or 0)
+
+
+class Pending:
+    """A client's command on its way through the log; its reader waits on it."""
+
+    __slots__ = ("done", "appended")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        #: True once applied from the log, False if the log refused it.
+        self.appended = False
+
+
+class Backplane:
+    """The server's link to the room's log. `server` is a chat.server.ChatServer."""
+
+    def __init__(self, url: str, server, room: cluster.ClusterRoom) -> None:
+        self.host, self.port, self.db = parse_url(url)
+        self.url = url
+        self._server = server
+        self._room = room
+        self._lock = threading.Condition(threading.Lock())
+        # -- guarded by self._lock --
+        self._queue: collections.deque[cluster.Append] = collections.deque()
+        self._pending: dict[int, Pending] = {}
+        self._closing = False
+        self._up = False
+        self._stopped = threading.Event()
+        self._writer = threading.Thread(target=self._write_forever, name="backplane-writer")
+        self._consumer = threading.Thread(target=self._consume_forever, name="backplane-consumer")
+
+    def start(self) -> None:
+        self._writer.start()
+        self._consumer.start()
+
+    # -- the server's side -------------------------------------------------------
+
+    def submit(self, append: cluster.Append) -> None:
+        """Queue an entry for the log. Called under the server's lock, so the
+        queue keeps the room's order."""
+        with self._lock:
+            if append.awaited:
+                self._pending[append.entry.seq] = Pending()
+            self._queue.append(append)
+            self._lock.notify()
+
+    def wait(self, seq: int) -> bool:
+        """Block until entry `seq` is applied (True) or refused (False). Reader thread."""
+        with self._lock:
+            pending = self._pending[seq]
+        while not pending.done.wait(0.5):
+            if self._stopped.is_set() or self._server._stopping.is_set():
+                break  # Shutting down: the session is closing anyway.
+        with self._lock:
+            self._pending.pop(seq, None)
+        return pending.appended
+
+    def _resolve(self, seq: int, appended: bool) -> None:
+        """Under self._lock."""
+        pending = self._pending.get(seq)
+        if pending is not None and not pending.done.is_set():
+            pending.appended = appended
+            pending.done.set()
+
+    def stop(self) -> None:
+        """Append what is queued (the LEAVEs of shutdown) within FLUSH_GRACE, then stop."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._writer.join(FLUSH_GRACE + REDIS_TIMEOUT)
+        self._stopped.set()
+        with self._lock:
+            for seq in list(self._pending):
+                self._resolve(seq, False)
+            self._lock.notify()
+        self._writer.join()
+        self._consumer.join()
+
+    # -- the writer ----------------------------------------------------------------
+
+    def _connect(self) -> RedisConnection | None:
+        try:
+            return RedisConnection(self.host, self.port, self.db)
+        except OSError as error:
+            self._set_up(False, error)
+            return None
+
+    def _set_up(self, up: bool, error: object = None) -> None:
+        if up != self._up:
+            self._up = up
+            logs.event(log, logging.INFO if up else logging.WARNING,
+                       "backplane-up" if up else "backplane-down", url=self.url,
+                       detail=str(error) if error else None)
+
+    def _write_forever(self) -> None:
+        period = self._room.lease_ms / 1000 / cluster.HEARTBEATS_PER_LEASE
+        connection: RedisConnection | None = None
+        heartbeat_due = 0.0
+        while not self._stopped.is_set():
+            if connection is None:
+                connection = self._connect()
+            with self._lock:
+                if connection is None:
+                    # [CLUSTER-6]: refuse the clients' commands now, keep the LEAVEs.
+                    kept = collections.deque()
+                    for append in self._queue:
+                        if append.awaited:
+                            self._resolve(append.entry.seq, False)
+                        else:
+                            kept.append(append)
+                    self._queue = kept
+                    if self._closing:
+                        return
+                    self._lock.wait(RECONNECT_PERIOD)
+                    continue
+                now = time.monotonic()
+                if not self._queue and now < heartbeat_due:
+                    if self._closing:
+                        return
+                    self._lock.wait(heartbeat_due - now)
+                    continue
+                batch = list(self._queue)
+                self._queue.clear()
+            if now >= heartbeat_due:
+                with self._server._lock:
+                    heartbeat = self._room.heartbeat()
+                batch.insert(0, cluster.Append(heartbeat, False))
+                heartbeat_due = now + period
+            sent = 0
+            try:
+                for append in batch:
+                    connection.command(b"XADD", STREAM, b"*", b"e", cluster.encode(append.entry))
+                    sent += 1
+                self._set_up(True)
+            except OSError as error:
+                self._set_up(False, error)
+                connection.close()
+                connection = None
+                with self._lock:
+                    # What was not appended goes back, in order; the outcome of
+                    # the entry in flight is unknown (SPEC.md 11b says so).
+                    self._queue.extendleft(reversed([a for a in batch[sent:] if a.entry.kind != "alive"]))
+        if connection is not None:
+            connection.close()
+
+    # -- the consumer ------------------------------------------------------------------
+
+    def _consume_forever(self) -> None:
+        last_id = b"0"  # From the first entry: the room's state is the whole log.
+        connection: RedisConnection | None = None
+        while not self._stopped.is_set():
+            if connection is None:
+                connection = self._connect()
+                if connection is None:
+                    self._stopped.wait(RECONNECT_PERIOD)
+                    continue
+            try:
+                reply = connection.command(b"XREAD", b"COUNT", b"%d" % READ_COUNT,
+                                           b"BLOCK", b"%d" % READ_BLOCK_MS, b"STREAMS", STREAM, last_id,
+                                           timeout=REDIS_TIMEOUT + READ_BLOCK_MS / 1000)
+            except OSError as error:
+                self._set_up(False, error)
+                connection.close()
+                connection = None
+                continue
+            if not reply:
+                continue
+            entries = reply[0][1]
+            own: list[int] = []
+            with self._server._lock:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    entry = cluster.decode(_field(fields, b"e"))
+                    if entry is None:
+                        continue
+                    self._server._apply(self._room.apply(cluster.stamp_of(entry_id.decode()), entry))
+                    if entry.server in self._room.own_ids and entry.seq:
+                        own.append(entry.seq)
+            if own:
+                with self._lock:
+                    for seq in own:
+                        self._resolve(seq, True)
+        if connection is not None:
+            connection.close()
+
+
+def _field(fields: list[bytes], name: bytes) -> bytes:
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            return fields[index + 1]
+    return b""
