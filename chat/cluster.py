@@ -335,27 +335,30 @@ class ClusterRoom(ChatRoom):
         return actions
 
     def _server_gone(self, server: str) -> list[Action]:
-        actions: list[Action] = []
+        leaves = []
         for key, member in list(self._roster.items()):
             if member.server == server:
                 del self._roster[key]
                 del self._by_session[(server, member.session)]
-                actions.append(Broadcast(protocol.format_leave(member.name, "timeout")))
+                leaves.append(Broadcast(protocol.format_leave(member.name, "timeout")))
         if server != self.server_id:
-            return actions
+            return leaves
         # This server was declared gone (it was paused, or cut off from the log
         # for longer than its lease): its clients have left in everyone else's
-        # eyes, so they are closed, and it starts again under a new id.
+        # eyes, so they are closed, and it starts again under a new id. They
+        # are unregistered before the LEAVEs: none receives its own ([LEAVE-3]).
+        unregister: list[Action] = []
+        close: list[Action] = []
         for session in list(self._local.values()):
             if session.closing:
                 continue
             session.closing = True
             session.ended = ErrorCode.BACKPLANE_DOWN.value
             if session.registered:
-                actions.append(Unregister(session))
-            actions += [Send(session, protocol.format_error(
+                unregister.append(Unregister(session))
+            close += [Send(session, protocol.format_error(
                 ErrorCode.BACKPLANE_DOWN, "this server lost the room's log: connect again")), Close(session)]
         self._joining.clear()
         self.server_id = self._new_id()
         self.own_ids.add(self.server_id)
-        return actions
+        return unregister + leaves + close

@@ -62,6 +62,7 @@ def all_cases(spec: Spec) -> list[Case]:
     """Every case the kit has: SPEC.md's examples, the transcripts, the Python cases."""
     import conformance.cases  # noqa: F401 - its decorators fill PYTHON_CASES
     import conformance.cases_backlog  # noqa: F401 - LIMIT-8 to LIMIT-11, SEC-3, SEC-4
+    import conformance.cases_cluster  # noqa: F401 - CLUSTER-1 to CLUSTER-4, against a cluster
 
     sessions = spec_sessions(spec.text, source=os.path.basename(spec.path)) + load_session_dir()
     cases = [session_case(session) for session in sessions] + list(PYTHON_CASES)
@@ -265,6 +266,11 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """HOST:PORT, or a cluster's servers (SPEC.md 11b): HOST:PORT,HOST:PORT,..."""
+    return [parse_address(part) for part in text.split(",")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m conformance",
@@ -272,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and exits non-zero if any MUST fails.",
         epilog="With no HOST:PORT the kit starts the reference server (chat/) on 127.0.0.1, port 0, "
                "with small limits, and stops it at the end.")
-    parser.add_argument("address", nargs="?", type=parse_address, help="the server to test, HOST:PORT")
+    parser.add_argument("address", nargs="?", type=parse_addresses,
+                        help="the server to test, HOST:PORT; or the servers of one cluster, "
+                             "HOST:PORT,HOST:PORT,... (each case's clients go to them in turn)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"seconds to wait for one line (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--case-timeout", type=float, default=DEFAULT_CASE_CAP, metavar="SECONDS",
@@ -329,13 +337,14 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         rerun = ""
         server_label = "reference server (self-hosted) at {}:{}".format(*servers.open_room.address)
     else:
-        host, port = args.address
+        (host, port), *others = args.address
         context = ssl.create_default_context(cafile=args.cafile) if args.tls else None
         targets = [Target("server", host, port, ssl_context=context, server_hostname=host,
-                          password=args.password)]
-        rerun = f"{host}:{port}" + (" --tls" if args.tls else "") + (f" --cafile {args.cafile}"
+                          password=args.password, others=tuple(others))]
+        addresses = ",".join(f"{host}:{port}" for host, port in args.address)
+        rerun = addresses + (" --tls" if args.tls else "") + (f" --cafile {args.cafile}"
                                                                      if args.cafile else "")
-        server_label = f"{host}:{port}" + (" (TLS)" if args.tls else "")
+        server_label = addresses + (" (TLS)" if args.tls else "")
 
     try:
         runner = Runner(targets, spec, timeout=args.timeout, case_cap=args.case_timeout,

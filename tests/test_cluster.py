@@ -219,6 +219,22 @@ def test_a_server_stopped_in_order_sends_its_users_leaves_closed(servers, client
     assert alice.line() == "LEAVE bob closed"
 
 
+def test_a_server_paused_past_its_lease_closes_its_clients_and_serves_again(servers, clients):
+    # [CLUSTER-7]: the others declared it gone; its clients were told.
+    alice = clients(servers[0], "alice")
+    bob = clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    servers[1].process.send_signal(signal.SIGSTOP)
+    try:
+        assert alice.line() == "LEAVE bob timeout"
+    finally:
+        servers[1].process.send_signal(signal.SIGCONT)
+    assert bob.line() == "ERR BACKPLANE_DOWN this server lost the room's log: connect again"
+    assert bob.file.readline() == b""
+    clients(servers[1], "bob")
+    assert alice.line() == "JOIN bob"
+
+
 def test_an_engine_restart_refuses_meanwhile_and_loses_or_doubles_nothing_accepted(engine, servers, clients):
     # [CLUSTER-6], [CLUSTER-8]
     alice = clients(servers[0], "alice")

@@ -287,9 +287,9 @@ def test_a_server_declared_gone_closes_its_clients_and_takes_a_new_id(rooms):
         heartbeat(log, two)
     out = log.run()
     down = protocol.format_error(ErrorCode.BACKPLANE_DOWN, "this server lost the room's log: connect again")
-    assert out[one] == [Broadcast(b"LEAVE alice timeout\n"), Broadcast(b"LEAVE dora timeout\n"),
-                        Unregister(alice), Send(alice, down), Close(alice),
-                        Send(joining, down), Close(joining)]
+    assert out[one] == [Unregister(alice), Broadcast(b"LEAVE alice timeout\n"),
+                        Broadcast(b"LEAVE dora timeout\n"),
+                        Send(alice, down), Close(alice), Send(joining, down), Close(joining)]
     assert one.server_id == "one-b" and one.own_ids == {"one", "one-b"}
     newcomer = register(one, log, "erin")
     assert newcomer.registered
