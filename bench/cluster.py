@@ -130,12 +130,8 @@ def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> 
         latency = latency_summary(run.latencies_ns)
         name = f"2 servers + Redis: {clients_count} clients @ {rate:g}/s"
         return [(single_name, single), (name, {
-            "clients": clients_count,
-            "rate_per_s": rate,
-            "sent": run.sent,
-            "delivered": run.others_delivered,
-            "lost": run.others_lost,
-            "extra": run.others_extra,
+            **dict(clients=clients_count, rate_per_s=rate, sent=run.sent, delivered=run.others_delivered,
+                   lost=run.others_lost, extra=run.others_extra),
             **latency,
             "p99_ratio_to_single": latency["p99_ms"] / single["p99_ms"] if single.get("p99_ms") else None,
             **run.cpu,
