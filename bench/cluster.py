@@ -127,6 +127,8 @@ def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> 
         wall = max(time.monotonic() - started, 1e-9)
         cpu = {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - (before[key] or 0.0)) / wall
                for key, pid in pids.items()}
+        if "other_cpu_pct" in run.cpu:  # The meter knew only the first server.
+            run.cpu["other_cpu_pct"] = max(0.0, run.cpu["other_cpu_pct"] - sum(cpu.values()))
         latency = latency_summary(run.latencies_ns)
         name = f"2 servers + Redis: {clients_count} clients @ {rate:g}/s"
         return [(single_name, single), (name, {
