@@ -245,9 +245,17 @@ class Backplane:
                 connection.close()
                 connection = None
                 with self._lock:
-                    # What was not appended goes back, in order; the outcome of
-                    # the entry in flight is unknown (SPEC.md 11b says so).
-                    self._queue.extendleft(reversed([a for a in batch[sent:] if a.entry.kind != "alive"]))
+                    # The entry in flight may or may not be in the log. Sent
+                    # again it could be there twice: a client's command is
+                    # refused instead (SPEC.md 11b says what that means); a
+                    # LEAVE goes again (a second one changes nothing). What was
+                    # not sent goes back, in order; a heartbeat is not kept.
+                    in_flight, unsent = batch[sent], batch[sent + 1:]
+                    if in_flight.awaited:
+                        self._resolve(in_flight.entry.seq, False)
+                    else:
+                        unsent.insert(0, in_flight)
+                    self._queue.extendleft(reversed([a for a in unsent if a.entry.kind != "alive"]))
         if connection is not None:
             connection.close()
 
