@@ -9,6 +9,7 @@ unnoticed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -278,3 +279,19 @@ def test_a_new_server_learns_the_room_from_the_log(engine, servers, clients):
     finally:
         late.stop()
 
+
+
+@pytest.mark.once
+def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
+    results = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "cluster-latency",
+                           "--json", str(results)], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cases = json.loads(results.read_text())["scenarios"]["cluster-latency"]["cases"]
+    [single] = [case for name, case in cases.items() if not name.startswith("2 servers")]
+    [cluster] = [case for name, case in cases.items() if name.startswith("2 servers")]
+    for case in (single, cluster):
+        assert case["median"]["lost"] == 0 and case["median"]["delivered"] > 0
+    assert cluster["median"]["redis_rss_kb"] > 0 and "redis_cpu_pct" in cluster["median"]
+    assert cluster["median"]["p99_ratio_to_single"] > 0

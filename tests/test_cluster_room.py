@@ -3,7 +3,7 @@ as a list and its time passed in (SPEC.md 11b). No sockets, no waiting."""
 
 import pytest
 
-from chat import cluster, protocol
+from chat import backplane, cluster, protocol, server
 from chat.cluster import Append, ClusterRoom, Entry, decode, encode, stamp_of
 from chat.limits import Limits
 from chat.protocol import ErrorCode
@@ -356,3 +356,23 @@ def test_a_refused_connection_holds_no_slot(rooms):
 def test_default_ids_are_random():
     assert ClusterRoom(NO_TIMERS).server_id != ClusterRoom(NO_TIMERS).server_id
     assert cluster.DEFAULT_LEASE >= 1
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "parsed"), [
+    ("redis://127.0.0.1:6390/2", ("127.0.0.1", 6390, 2)),
+    ("redis://redis.example", ("redis.example", 6379, 0)),
+])
+def test_a_backplane_url_gives_host_port_and_database(url, parsed):
+    assert backplane.parse_url(url) == parsed
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://", "redis://host/zero"])
+def test_a_wrong_backplane_url_is_a_one_line_option_error(url, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        server.build_parser().parse_args(["--backplane", url])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--backplane" in error and url in error and error.count("\n") == 1, error
