@@ -295,3 +295,17 @@ def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
         assert case["median"]["lost"] == 0 and case["median"]["delivered"] > 0
     assert cluster["median"]["redis_rss_kb"] > 0 and "redis_cpu_pct" in cluster["median"]
     assert cluster["median"]["p99_ratio_to_single"] > 0
+
+
+@pytest.mark.once
+def test_the_whole_kit_passes_against_a_cluster_of_three(engine, servers):
+    third = Server(engine)
+    try:
+        addresses = ",".join("{}:{}".format(*server.address) for server in servers + [third])
+        done = subprocess.run([sys.executable, "-m", "conformance", addresses],
+                              cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        third.stop()
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "cluster-one-order" in done.stdout and ", 0 fail," in done.stdout
