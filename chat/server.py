@@ -904,6 +904,9 @@ def exposure_warnings(host: str, bound: str, limits: Limits, plain: bool) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.backplane_lease:
+        options.fail("chat-server", "argument --backplane-lease: 0 would declare a server gone as soon as "
+                                    "it is silent (SPEC.md [CLUSTER-5]); give 1 or more")
     logs.configure("warning" if args.quiet else args.log_level, args.log_format)
     limits = limits_from_args(args)
     tls_context = tls_context_from_args(args)
@@ -918,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = ChatServer(args.host, None if args.tls_only else args.port, limits,
                             tls_context=tls_context, tls_port=args.tls_port,
-                            backplane=args.backplane, lease=args.backplane_lease or None)
+                            backplane=args.backplane, lease=args.backplane_lease)
     except OSError as error:
         # The port is taken, or the address is not this machine's: the
         # options are fine, the machine is not ready for them (status 1).

@@ -376,3 +376,10 @@ def test_a_wrong_backplane_url_is_a_one_line_option_error(url, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "--backplane" in error and url in error and error.count("\n") == 1, error
+
+
+def test_a_lease_of_zero_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        server.main(["--backplane", "redis://127.0.0.1:1/0", "--backplane-lease", "0"])
+    assert exit_info.value.code == 2
+    assert "--backplane-lease" in capsys.readouterr().err
