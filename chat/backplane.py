@@ -44,6 +44,9 @@ READ_BLOCK_MS = 500
 READ_COUNT = 1000
 #: Seconds to connect to Redis, and to wait for one reply (XREAD's block aside).
 REDIS_TIMEOUT = 2.0
+#: Entries appended in one pipeline at most: what one failure can leave
+#: undecided, and what the writer holds outside its queue.
+PIPELINE_MAX = 1000
 #: Seconds the server's shutdown waits for its last LEAVEs to reach the log.
 FLUSH_GRACE = 1.0
 
@@ -63,14 +66,21 @@ class RedisConnection:
             self.command(b"SELECT", str(db).encode())
 
     def command(self, *args: bytes, timeout: float = REDIS_TIMEOUT):
-        request = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            request.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        self.send_commands([args], timeout)
+        return self.reply()
+
+    def send_commands(self, commands: list[tuple[bytes, ...]], timeout: float = REDIS_TIMEOUT) -> None:
+        """Send commands without waiting: read each one's reply with reply(), in order."""
+        request = []
+        for args in commands:
+            request.append(b"*%d\r\n" % len(args))
+            for arg in args:
+                request.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
         self.sock.settimeout(timeout)
         self.sock.sendall(b"".join(request))
-        return self._reply()
 
-    def _reply(self):
+    def reply(self):
+        """The next reply: bytes, int, a list, or None; RedisError for an error reply."""
         line = self.file.readline()
         if not line.endswith(b"\r\n"):
             raise RedisError("Redis closed the connection")
@@ -89,7 +99,7 @@ class RedisConnection:
                 raise RedisError("Redis closed the connection")
             return data[:-2]
         if kind == b"*":
-            return None if int(body) < 0 else [self._reply() for _ in range(int(body))]
+            return None if int(body) < 0 else [self.reply() for _ in range(int(body))]
         raise RedisError(f"unexpected reply from Redis: {line[:40]!r}")
 
     def close(self) -> None:
@@ -227,35 +237,39 @@ class Backplane:
                         return
                     self._lock.wait(heartbeat_due - now)
                     continue
-                batch = list(self._queue)
-                self._queue.clear()
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), PIPELINE_MAX))]
             if now >= heartbeat_due:
                 with self._server._lock:
                     heartbeat = self._room.heartbeat()
                 batch.insert(0, cluster.Append(heartbeat, False))
                 heartbeat_due = now + period
-            sent = 0
+            # One pipeline: every XADD sent, then every reply read. Redis
+            # appends them in the order sent.
+            answered = 0
             try:
-                for append in batch:
-                    connection.command(b"XADD", STREAM, b"*", b"e", cluster.encode(append.entry))
-                    sent += 1
+                connection.send_commands([(b"XADD", STREAM, b"*", b"e", cluster.encode(append.entry))
+                                          for append in batch])
+                for _ in batch:
+                    connection.reply()
+                    answered += 1
                 self._set_up(True)
             except OSError as error:
                 self._set_up(False, error)
                 connection.close()
                 connection = None
                 with self._lock:
-                    # The entry in flight may or may not be in the log. Sent
-                    # again it could be there twice: a client's command is
-                    # refused instead (SPEC.md 11b says what that means); a
-                    # LEAVE goes again (a second one changes nothing). What was
-                    # not sent goes back, in order; a heartbeat is not kept.
-                    in_flight, unsent = batch[sent], batch[sent + 1:]
-                    if in_flight.awaited:
-                        self._resolve(in_flight.entry.seq, False)
-                    else:
-                        unsent.insert(0, in_flight)
-                    self._queue.extendleft(reversed([a for a in unsent if a.entry.kind != "alive"]))
+                    # The entries not answered may or may not be in the log.
+                    # Sent again, one could be there twice: a client's
+                    # command is refused instead (SPEC.md 11b says what that
+                    # means); a LEAVE goes again, in order (a second one
+                    # changes nothing); a heartbeat is not kept.
+                    kept = []
+                    for append in batch[answered:]:
+                        if append.awaited:
+                            self._resolve(append.entry.seq, False)
+                        elif append.entry.kind != "alive":
+                            kept.append(append)
+                    self._queue.extendleft(reversed(kept))
         if connection is not None:
             connection.close()
 
