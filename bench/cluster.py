@@ -1,6 +1,7 @@
-"""`python -m bench --scenario cluster-latency`: the latency scenario against a
-cluster of two reference servers on one Redis (SPEC.md 11b), beside one
-server in the same run, so that the ratio between them is what is compared.
+"""`python -m bench --scenario cluster-latency` (and `cluster-fan-out`): the
+latency (fan-out) scenario against a cluster of two reference servers on one
+Redis (SPEC.md 11b), beside one server in the same run, so that the ratio
+between them is what is compared.
 
 Not part of `all`: it needs redis-server (Debian's package), and on the
 2-core benchmark machine one of the servers shares a core with the generator.
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 from bench.net import EventLoop, open_clients
 from bench.scenarios import (
@@ -29,6 +31,8 @@ from bench.scenarios import (
     Room,
     ScenarioError,
     Settings,
+    fanout_one,
+    fanout_run,
     fixed_rate_run,
     latency_one,
 )
@@ -107,8 +111,11 @@ class ClusterRoom(Room):
             client.reset_counts()
 
 
-def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> list[Case]:
-    [(single_name, single)] = latency_one(settings, clients_count, rate)
+def on_cluster(settings: Settings, clients_count: int,
+               measure: Callable[[ReferenceServer, ClusterRoom], dict]) -> dict:
+    """Start Redis and two servers, fill a room over both, and run `measure`
+    (which measures the first server's CPU); adds the second server's and
+    Redis's CPU and everyone's memory. Stops everything it started."""
     cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
     redis = Redis()
     servers: list[ReferenceServer] = []
@@ -122,32 +129,39 @@ def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> 
         pids = {"server_b": servers[1].pid, "redis": redis.pid}
         started = time.monotonic()
         before = {key: read_cpu_seconds(pid) for key, pid in pids.items()}
-        run = fixed_rate_run(settings, servers[0], room, rate, min(settings.latency_senders, clients_count),
-                             settings.latency_seconds)
+        metrics = measure(servers[0], room)
         wall = max(time.monotonic() - started, 1e-9)
         cpu = {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - (before[key] or 0.0)) / wall
                for key, pid in pids.items()}
-        if "other_cpu_pct" in run.cpu:  # The meter knew only the first server.
-            run.cpu["other_cpu_pct"] = max(0.0, run.cpu["other_cpu_pct"] - sum(cpu.values()))
-        latency = latency_summary(run.latencies_ns)
-        name = f"2 servers + Redis: {clients_count} clients @ {rate:g}/s"
-        return [(single_name, single), (name, {
-            **dict(clients=clients_count, rate_per_s=rate, sent=run.sent, delivered=run.others_delivered,
-                   lost=run.others_lost, extra=run.others_extra),
-            **latency,
-            "p99_ratio_to_single": latency["p99_ms"] / single["p99_ms"] if single.get("p99_ms") else None,
-            **run.cpu,
-            **cpu,
-            "server_rss_kb": read_rss_kb(servers[0].pid),
-            "server_b_rss_kb": read_rss_kb(servers[1].pid),
-            "redis_rss_kb": read_rss_kb(redis.pid),
-        })]
+        if "other_cpu_pct" in metrics:  # The run's meter knew only the first server.
+            metrics["other_cpu_pct"] = max(0.0, metrics["other_cpu_pct"] - sum(cpu.values()))
+        return {**metrics, **cpu, "server_rss_kb": read_rss_kb(servers[0].pid),
+                "server_b_rss_kb": read_rss_kb(servers[1].pid), "redis_rss_kb": read_rss_kb(redis.pid)}
     finally:
         for server in servers:
             server.stop()
         if room is not None:
             room.close()
         redis.stop()
+
+
+def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> list[Case]:
+    [(single_name, single)] = latency_one(settings, clients_count, rate)
+
+    def measure(server: ReferenceServer, room: ClusterRoom) -> dict:
+        run = fixed_rate_run(settings, server, room, rate, min(settings.latency_senders, clients_count),
+                             settings.latency_seconds)
+        latency = latency_summary(run.latencies_ns)
+        return {
+            **dict(clients=clients_count, rate_per_s=rate, sent=run.sent, delivered=run.others_delivered,
+                   lost=run.others_lost, extra=run.others_extra),
+            **latency,
+            "p99_ratio_to_single": latency["p99_ms"] / single["p99_ms"] if single.get("p99_ms") else None,
+            **run.cpu,
+        }
+
+    cluster = on_cluster(settings, clients_count, measure)
+    return [(single_name, single), (f"2 servers + Redis: {clients_count} clients @ {rate:g}/s", cluster)]
 
 
 def scenario_cluster_latency(settings: Settings) -> list[Case]:
@@ -157,5 +171,22 @@ def scenario_cluster_latency(settings: Settings) -> list[Case]:
     return cases
 
 
+def scenario_cluster_fanout(settings: Settings) -> list[Case]:
+    """Fan-out on one server, then on two with Redis; each sampled receiver's
+    order is checked (one CRC of the MSG lines: one room order across servers)."""
+    cases = []
+    for clients_count in settings.fanout_clients:
+        [(name, single)] = fanout_one(settings, clients_count)
+
+        def measure(server: ReferenceServer, room: ClusterRoom, single: dict = single) -> dict:
+            metrics = fanout_run(settings, server, room)
+            metrics["lines_per_s_ratio_to_single"] = metrics["lines_per_s"] / single["lines_per_s"]
+            return metrics
+
+        cluster = on_cluster(settings, clients_count, measure)
+        cases += [(name, single), (f"2 servers + Redis: {name}", cluster)]
+    return cases
+
+
 #: Scenarios run only when asked for by name (not in `all`).
-OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency}
+OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout}

@@ -47,6 +47,10 @@ REDIS_TIMEOUT = 2.0
 #: Entries appended in one pipeline at most: what one failure can leave
 #: undecided, and what the writer holds outside its queue.
 PIPELINE_MAX = 1000
+#: MSG, ACT and PM of one connection on their way through the log at once
+#: (Stream): enough to keep a fast sender's pipeline full, few enough that a
+#: sender cannot pile up the writer's queue without bound.
+STREAM_MAX = 64
 #: Seconds the server's shutdown waits for its last LEAVEs to reach the log.
 FLUSH_GRACE = 1.0
 
@@ -118,15 +122,52 @@ def parse_url(url: str) -> tuple[str, int, int]:
     return parts.hostname, parts.port or 6379, int(path or 0)
 
 
-class Pending:
-    """A client's command on its way through the log; its reader waits on it."""
+class Stream:
+    """One connection's commands on their way through the log ([ORDER-4]).
 
-    __slots__ = ("done", "appended")
+    MSG, ACT and PM of a registered client stream: the reader hands the next
+    one to the log without waiting for the last to come back, since the log
+    keeps their order (up to STREAM_MAX of them). Any other line waits until
+    every entry before it is back, so that its reply, or the state it is
+    checked in (registered or not), follows them. The reader thread's alone.
+    """
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        #: True once applied from the log, False if the log refused it.
-        self.appended = False
+    def __init__(self, backplane: Backplane, session) -> None:
+        self._backplane = backplane
+        self._session = session
+        #: The last entry of this connection not known to be back, and how many are out.
+        self._last: int | None = None
+        self._out = 0
+
+    def before(self, item) -> None:
+        """Before the reader hands `item` to the room: wait if it must."""
+        if self._last is None:
+            return
+        with self._backplane._server._lock:
+            streams = self._backplane._room.streamable(self._session, item)
+        if not streams or self._out >= STREAM_MAX:
+            self._settle()
+
+    def after(self) -> None:
+        """After the room handled the line: note what went to the log, wait if it must."""
+        with self._backplane._server._lock:
+            entry = self._backplane._room.awaiting.pop(self._session, None)
+        if entry is None:
+            return
+        self._last = entry.seq
+        self._out += 1
+        if entry.kind not in cluster.STREAMED:
+            self._settle()  # USER, USERS, NICK, LEAVE: the next line depends on them.
+
+    def finish(self) -> None:
+        """The connection ends: its lines handled so far come first ([FRAME-10])."""
+        if self._last is not None:
+            self._settle()
+
+    def _settle(self) -> None:
+        self._backplane.wait(self._last)
+        self._last = None
+        self._out = 0
 
 
 class Backplane:
@@ -140,7 +181,12 @@ class Backplane:
         self._lock = threading.Condition(threading.Lock())
         # -- guarded by self._lock --
         self._queue: collections.deque[cluster.Append] = collections.deque()
-        self._pending: dict[int, Pending] = {}
+        #: The clients' entries not yet back from the log nor refused: by seq,
+        #: what wakes the reader waiting for it.
+        self._pending: dict[int, threading.Event] = {}
+        #: The same entries, per session id in the order submitted, each with
+        #: its outcome once known (None: not yet; "applied"; "refused").
+        self._order: dict[int, collections.deque[list]] = {}
         self._closing = False
         self._up = False
         self._stopped = threading.Event()
@@ -153,32 +199,65 @@ class Backplane:
 
     # -- the server's side -------------------------------------------------------
 
+    def stream(self, session) -> Stream:
+        return Stream(self, session)
+
     def submit(self, append: cluster.Append) -> None:
         """Queue an entry for the log. Called under the server's lock, so the
         queue keeps the room's order."""
         with self._lock:
             if append.awaited:
-                self._pending[append.entry.seq] = Pending()
+                self._pending[append.entry.seq] = threading.Event()
+                self._order.setdefault(append.entry.session, collections.deque()).append([append.entry, None])
             self._queue.append(append)
             self._lock.notify()
 
-    def wait(self, seq: int) -> bool:
-        """Block until entry `seq` is applied (True) or refused (False). Reader thread."""
+    def wait(self, seq: int) -> None:
+        """Block until entry `seq` is back from the log, or refused. Reader thread."""
         with self._lock:
-            pending = self._pending[seq]
-        while not pending.done.wait(0.5):
+            done = self._pending.get(seq)
+        while done is not None and not done.wait(0.5):
             if self._stopped.is_set() or self._server._stopping.is_set():
-                break  # Shutting down: the session is closing anyway.
-        with self._lock:
-            self._pending.pop(seq, None)
-        return pending.appended
+                return  # Shutting down: the session is closing anyway.
 
-    def _resolve(self, seq: int, appended: bool) -> None:
+    def _resolve(self, seq: int) -> None:
         """Under self._lock."""
-        pending = self._pending.get(seq)
-        if pending is not None and not pending.done.is_set():
-            pending.appended = appended
-            pending.done.set()
+        done = self._pending.pop(seq, None)
+        if done is not None:
+            done.set()
+
+    def _settle(self, entry: cluster.Entry, outcome: str) -> None:
+        """An entry of a client came back from the log ("applied") or was
+        refused. Under the server's lock, then this one's (that order, always).
+
+        A refusal's ERR is sent only once every entry of that client before
+        it is back ([ORDER-4]): an entry appended just before Redis went away
+        comes back when Redis does, and its lines come before the ERR of the
+        entry after it.
+        """
+        with self._lock:
+            queue = self._order.get(entry.session)
+            if queue is None:
+                return
+            for item in queue:
+                if item[0].seq == entry.seq:
+                    item[1] = outcome
+                    break
+            while queue and queue[0][1] is not None:
+                head, head_outcome = queue.popleft()
+                if head_outcome == "refused":
+                    self._server._apply(self._room.refused_entry(head))
+                self._resolve(head.seq)
+            if not queue:
+                del self._order[entry.session]
+
+    def _refuse(self, refused: list[cluster.Append]) -> None:
+        """[CLUSTER-6]: these will not reach the log; each gets ERR BACKPLANE_DOWN
+        in its turn (see _settle). The writer thread, holding neither lock."""
+        if refused:
+            with self._server._lock:
+                for append in refused:
+                    self._settle(append.entry, "refused")
 
     def stop(self) -> None:
         """Append what is queued (the LEAVEs of shutdown) within FLUSH_GRACE, then stop."""
@@ -189,7 +268,7 @@ class Backplane:
         self._stopped.set()
         with self._lock:
             for seq in list(self._pending):
-                self._resolve(seq, False)
+                self._resolve(seq)
             self._lock.notify()
         self._writer.join()
         self._consumer.join()
@@ -217,20 +296,18 @@ class Backplane:
         while not self._stopped.is_set():
             if connection is None:
                 connection = self._connect()
-            with self._lock:
-                if connection is None:
-                    # [CLUSTER-6]: refuse the clients' commands now, keep the LEAVEs.
-                    kept = collections.deque()
-                    for append in self._queue:
-                        if append.awaited:
-                            self._resolve(append.entry.seq, False)
-                        else:
-                            kept.append(append)
-                    self._queue = kept
+            if connection is None:
+                # [CLUSTER-6]: refuse the clients' commands now, keep the LEAVEs.
+                with self._lock:
+                    refused = [append for append in self._queue if append.awaited]
+                    self._queue = collections.deque(append for append in self._queue if not append.awaited)
+                self._refuse(refused)
+                with self._lock:
                     if self._closing:
                         return
                     self._lock.wait(RECONNECT_PERIOD)
-                    continue
+                continue
+            with self._lock:
                 now = time.monotonic()
                 if not self._queue and now < heartbeat_due:
                     if self._closing:
@@ -257,19 +334,16 @@ class Backplane:
                 self._set_up(False, error)
                 connection.close()
                 connection = None
+                # The entries not answered may or may not be in the log. Sent
+                # again, one could be there twice: a client's command is
+                # refused instead (SPEC.md 11b says what that means); a LEAVE
+                # goes again, in order (a second one changes nothing); a
+                # heartbeat is not kept.
+                unanswered = batch[answered:]
                 with self._lock:
-                    # The entries not answered may or may not be in the log.
-                    # Sent again, one could be there twice: a client's
-                    # command is refused instead (SPEC.md 11b says what that
-                    # means); a LEAVE goes again, in order (a second one
-                    # changes nothing); a heartbeat is not kept.
-                    kept = []
-                    for append in batch[answered:]:
-                        if append.awaited:
-                            self._resolve(append.entry.seq, False)
-                        elif append.entry.kind != "alive":
-                            kept.append(append)
-                    self._queue.extendleft(reversed(kept))
+                    self._queue.extendleft(reversed([append for append in unanswered
+                                                     if not append.awaited and append.entry.kind != "alive"]))
+                self._refuse([append for append in unanswered if append.awaited])
         if connection is not None:
             connection.close()
 
@@ -296,7 +370,6 @@ class Backplane:
             if not reply:
                 continue
             entries = reply[0][1]
-            own: list[int] = []
             with self._server._lock:
                 for entry_id, fields in entries:
                     last_id = entry_id
@@ -305,11 +378,7 @@ class Backplane:
                         continue
                     self._server._apply(self._room.apply(cluster.stamp_of(entry_id.decode()), entry))
                     if entry.server in self._room.own_ids and entry.seq:
-                        own.append(entry.seq)
-            if own:
-                with self._lock:
-                    for seq in own:
-                        self._resolve(seq, True)
+                        self._settle(entry, "applied")
         if connection is not None:
             connection.close()
 

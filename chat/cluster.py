@@ -45,6 +45,10 @@ from chat.state import Action, Broadcast, ChatRoom, Close, Register, Send, Sessi
 DEFAULT_LEASE = 10.0
 #: Heartbeats per lease (see DEFAULT_LEASE).
 HEARTBEATS_PER_LEASE = 5
+#: The entries a client may hand to the log one after another without waiting
+#: for each to come back: they need no state the ones before them change
+#: (chat/backplane.py, Stream).
+STREAMED = frozenset({"msg", "act", "pm"})
 #: The entry kinds and how many fields each carries; a text field is the last.
 ARITY = {"user": 1, "msg": 1, "act": 1, "pm": 2, "nick": 1, "users": 0, "leave": 1, "alive": 1}
 
@@ -127,8 +131,9 @@ class ClusterRoom(ChatRoom):
         self._local: dict[int, Session] = {}
         #: Local sessions whose USER is in the log and not yet applied: the name asked for.
         self._joining: dict[Session, str] = {}
-        #: The entry each local reader waits for ([ORDER-4]); the server pops it.
-        self.awaiting: dict[Session, int] = {}
+        #: The entry of each local reader's last line, if it went to the log:
+        #: the reader waits for it ([ORDER-4]); the server pops it.
+        self.awaiting: dict[Session, Entry] = {}
         # -- the same on every server, after the same entries --
         #: Registered users by name_key, in the order they joined.
         self._roster: dict[str, Member] = {}
@@ -157,7 +162,7 @@ class ClusterRoom(ChatRoom):
     def _append(self, session: Session, kind: str, *args: str, awaited: bool = True) -> Append:
         entry = Entry(self.server_id, session.id, next(self._seq), kind, args)
         if awaited:
-            self.awaiting[session] = entry.seq
+            self.awaiting[session] = entry
         return Append(entry, awaited)
 
     def _dispatch(self, session: Session, command: protocol.Command) -> list[Action]:
@@ -207,6 +212,23 @@ class ClusterRoom(ChatRoom):
         if session.registered or session in self._joining:
             actions.append(self._append(session, "leave", reason, awaited=False))
         return actions + [Close(session)]
+
+    def streamable(self, session: Session, item: bytes | ProtocolError) -> bool:
+        """Whether `item`, the next line of `session`, goes to the log as a
+        STREAMED entry, with no reply of its own before the entries still on
+        their way: then its reader need not wait for them ([ORDER-4])."""
+        if isinstance(item, ProtocolError) or not session.registered or session.closing:
+            return False
+        try:
+            command = protocol.parse_command(item, self._optional_verbs)
+        except ProtocolError:
+            return False
+        return isinstance(command, (protocol.Msg, protocol.Act, protocol.Pm))
+
+    def refused_entry(self, entry: Entry) -> list[Action]:
+        """The log could not take this entry of one of this server's clients ([CLUSTER-6])."""
+        session = self._local.get(entry.session)
+        return self.refused(session) if session is not None else []
 
     def refused(self, session: Session) -> list[Action]:
         """The log could not take the session's command ([CLUSTER-6]): it had no effect."""

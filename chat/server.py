@@ -436,20 +436,22 @@ class ChatServer:
         session = connection.session
         inbound = connection.inbound
         transport = connection.transport
+        #: SPEC.md 11b: this connection's commands on their way through the log.
+        stream = self._backplane.stream(session) if self._backplane else None
         at_eof = False
         first = True
         try:
             while not session.closing:
                 item = inbound.take(time.monotonic())
                 if item is not None:
+                    if stream:
+                        stream.before(item)
                     registered = session.registered
                     with self._lock:
                         self._stats["lines_in"] += 1
                         self._apply(self._room.handle(session, item, time.monotonic()))
-                        awaited = self._backplane and self._room.awaiting.pop(session, None)
-                    if awaited and not self._backplane.wait(awaited):
-                        with self._lock:  # [CLUSTER-6]: refused, no effect.
-                            self._apply(self._room.refused(session))
+                    if stream:
+                        stream.after()
                     if session.registered and not registered:
                         logs.event(logs.CONNECTIONS, logging.INFO, "register", id=session.id,
                                    address=connection.address, name=session.name)
@@ -486,6 +488,8 @@ class ChatServer:
         except Exception:
             # A bug, never the client's fault: log it, drop this client only.
             log.exception("connection %s from %s failed", session.id, connection.address)
+        if stream:
+            stream.finish()  # Its last lines came before its end ([FRAME-10]).
         with self._lock:
             self._apply(self._room.disconnect(session, "closed"))
         # Wait until the flusher is done with it: its last lines are sent and

@@ -1,6 +1,8 @@
 """chat/cluster.py: two servers' rooms sharing one log, with the log simulated
 as a list and its time passed in (SPEC.md 11b). No sockets, no waiting."""
 
+import threading
+
 import pytest
 
 from chat import backplane, cluster, protocol, server
@@ -65,7 +67,7 @@ def connect(room):
 def register(room, log, name):
     session = connect(room)
     assert log.take(room.handle(session, f"USER {name}".encode(), 0.0)) == []
-    assert room.awaiting.pop(session) > 0
+    assert room.awaiting.pop(session).kind == "user"
     out = log.run()
     assert Register(session) in out[room]
     return session
@@ -383,3 +385,71 @@ def test_a_lease_of_zero_is_refused(capsys):
         server.main(["--backplane", "redis://127.0.0.1:1/0", "--backplane-lease", "0"])
     assert exit_info.value.code == 2
     assert "--backplane-lease" in capsys.readouterr().err
+
+
+# -- which lines may stream (chat/backplane.py, Stream) ---------------------------------
+
+
+def test_only_msg_act_and_pm_of_a_registered_client_stream(rooms):
+    one, _, log = rooms
+    stranger = connect(one)
+    assert not one.streamable(stranger, b"MSG hi")  # NOT_REGISTERED is a local reply.
+    alice = register(one, log, "alice")
+    for line in (b"MSG hi", b"ACT waves", b"PM bob hi"):
+        assert one.streamable(alice, line), line
+    for line in (b"PING t", b"USERS", b"NICK x", b"LEAVE", b"MSG", b"BOGUS", b"\xff"):
+        assert not one.streamable(alice, line), line
+    assert not one.streamable(alice, protocol.ProtocolError(ErrorCode.LINE_TOO_LONG, "long"))
+    alice.closing = True
+    assert not one.streamable(alice, b"MSG hi")
+
+
+def test_a_refused_entry_of_a_session_gone_sends_nothing(rooms):
+    one, _, log = rooms
+    alice = register(one, log, "alice")
+    log.take(one.handle(alice, b"MSG hi", 1.0))
+    [(_, entry)] = log.entries
+    assert one.refused_entry(entry)[0].line.startswith(b"ERR BACKPLANE_DOWN ")
+    one.release(alice)
+    assert one.refused_entry(entry) == []
+
+
+# -- the backplane's bookkeeping, without Redis -------------------------------------
+
+
+class RecordingServer:
+    """What Backplane needs of a ChatServer: its lock, _apply and _stopping."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.applied = []
+
+    def _apply(self, actions):
+        self.applied += actions
+
+
+def test_a_refusal_waits_for_the_entries_of_that_client_before_it(rooms):
+    # [ORDER-4] with [CLUSTER-6]: MSG 1 was appended just before Redis went
+    # away, MSG 2 was refused; MSG 1's echo comes back first, then the ERR.
+    one, _, log = rooms
+    alice = register(one, log, "alice")
+    server_stub = RecordingServer()
+    plane = backplane.Backplane("redis://127.0.0.1:1/0", server_stub, one)
+    appends = []
+    for text in (b"MSG one", b"MSG two", b"MSG three"):
+        [append] = one.handle(alice, text, 1.0)
+        plane.submit(append)
+        appends.append(append)
+    plane._refuse([appends[1]])
+    assert server_stub.applied == []  # Not before MSG one is back.
+    for append in (appends[0], appends[2]):
+        with server_stub._lock:
+            server_stub._apply(one.apply(log.now_ms, append.entry))
+            plane._settle(append.entry, "applied")
+    [_, refusal, _] = server_stub.applied
+    assert refusal.session is alice and refusal.line.startswith(b"ERR BACKPLANE_DOWN ")
+    assert server_stub.applied == [Broadcast(b"MSG alice one\n"), refusal, Broadcast(b"MSG alice three\n")]
+    for append in appends:
+        plane.wait(append.entry.seq)  # All settled: no wait.
+    assert plane._order == {} and plane._pending == {}
