@@ -12,6 +12,9 @@ Redis. Standard library only: RESP2, the few commands used here, over a socket.
     consumer thread:  reads the stream in order (XREAD BLOCK) from its first
                       entry, applies each entry to the room under the server's
                       lock, and wakes the reader waiting for its own entry
+    reader threads:   (chat/server.py) hand a client's MSG, ACT and PM to the
+                      log one after another (Stream); any other line waits
+                      until the ones before it are back ([ORDER-4])
 
 Why Redis Streams (README, "Running a cluster"): one `redis-server` process,
 a Debian package with no configuration, and a stream is exactly the ordered,
