@@ -106,9 +106,38 @@ class ClusterRoom(Room):
             self.clients += list(group)
         self.clients += [c for share in shares for c in share[len(shares[-1]):]]
         self.hello = self.clients[0].hello or {}
+        self.quiet_across(shares, settings.setup_timeout_s)
         self.barrier(self.clients, "setup", settings.setup_timeout_s)
         for client in self.clients:
             client.reset_counts()
+
+
+    def quiet_across(self, shares: list[list], timeout_s: float) -> None:
+        """Wait until every JOIN has reached every client, on every server.
+
+        A PING barrier is not enough in a cluster: a PONG follows what the
+        client's own commands caused ([PING-2]), but another server's JOINs
+        reach it when its server has read them from the log. So one client per
+        server sends a MSG, and everyone waits for all of them: a server that
+        applied a MSG had applied every JOIN before it in the log.
+        """
+        seen: dict[int, int] = {id(client): 0 for client in self.clients}
+
+        def count(client, line: bytes, now_ns: int) -> None:
+            seen[id(client)] += 1
+
+        counting = {id(client): client.counting for client in self.clients}
+        for client in self.clients:
+            client.counting = False  # Parse lines, so that on_msg sees them.
+            client.splitter.pending = b""
+            client.on_msg = count
+        for share in shares:
+            share[0].send(b"MSG setup\n")
+        self.loop.run_until(lambda: min(seen.values()) >= len(shares), time.monotonic() + timeout_s,
+                            "setup: every JOIN on every server")
+        for client in self.clients:
+            client.on_msg = None
+            client.counting = counting[id(client)]
 
 
 def on_cluster(settings: Settings, clients_count: int,

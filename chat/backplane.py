@@ -319,8 +319,10 @@ class Backplane:
                     continue
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), PIPELINE_MAX))]
             if now >= heartbeat_due:
-                with self._server._lock:
-                    heartbeat = self._room.heartbeat()
+                # Without the server's lock: under a burst of JOINs the lock
+                # is in demand, and a late heartbeat costs the lease. The id
+                # it reads is one attribute, replaced whole.
+                heartbeat = self._room.heartbeat()
                 batch.insert(0, cluster.Append(heartbeat, False))
                 heartbeat_due = now + period
             # One pipeline: every XADD sent, then every reply read. Redis
@@ -374,6 +376,7 @@ class Backplane:
                 continue
             entries = reply[0][1]
             with self._server._lock:
+                gone = len(self._room.gone)
                 for entry_id, fields in entries:
                     last_id = entry_id
                     entry = cluster.decode(_field(fields, b"e"))
@@ -382,6 +385,11 @@ class Backplane:
                     self._server._apply(self._room.apply(cluster.stamp_of(entry_id.decode()), entry))
                     if entry.server in self._room.own_ids and entry.seq:
                         self._settle(entry, "applied")
+                if len(self._room.gone) != gone:
+                    # [CLUSTER-5]: worth an operator's attention (a server died,
+                    # or was starved past its lease).
+                    logs.event(log, logging.WARNING, "servers-gone", url=self.url,
+                               gone=len(self._room.gone), this_server=self._room.server_id)
         if connection is not None:
             connection.close()
 

@@ -140,7 +140,8 @@ class ClusterRoom(ChatRoom):
         #: (server, session) -> name_key, for the entries of a member.
         self._by_session: dict[tuple[str, int], str] = {}
         self._leases: dict[str, Lease] = {}
-        self._gone: set[str] = set()
+        #: Servers declared gone ([CLUSTER-5]), for good.
+        self.gone: set[str] = set()
         self._last_ms: int | None = None
 
     # -- this server's clients ---------------------------------------------------
@@ -257,7 +258,7 @@ class ClusterRoom(ChatRoom):
     def apply(self, stamp_ms: int, entry: Entry) -> list[Action]:
         """One entry of the log, at the log's time `stamp_ms`: what this server's clients get."""
         actions = self._expire(stamp_ms)
-        if entry.server in self._gone:
+        if entry.server in self.gone:
             return actions  # A server declared gone is gone for good ([CLUSTER-5]).
         lease = self._leases.setdefault(entry.server, Lease(stamp_ms, self.lease_ms))
         lease.seen_ms = stamp_ms
@@ -352,7 +353,7 @@ class ClusterRoom(ChatRoom):
         for server, lease in list(self._leases.items()):
             if stamp_ms - lease.seen_ms > lease.lease_ms:
                 del self._leases[server]
-                self._gone.add(server)
+                self.gone.add(server)
                 actions += self._server_gone(server)
         return actions
 
