@@ -794,6 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, field)
         parser.add_argument(option, dest=field, type=options.whole_number, default=default,
                             help=f"{text} (default {default})")
+    for verb, field in OPTIONAL_VERBS.items():
+        parser.add_argument(f"--{field}", type=int, choices=(0, 1), default=getattr(defaults, field),
+                            help=f"offer the optional command {verb} (1) or not (0) (SPEC.md 6.8; "
+                                 f"default {getattr(defaults, field)})")
     parser.add_argument("--password-file", type=options.readable_file,
                         help="file whose first line is the room password")
     parser.add_argument("--password", help="the room password (visible in ps: prefer CHAT_PASSWORD "
@@ -852,7 +856,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
                                         f"{args.password_file} is empty")
     fields = {name: getattr(args, name) for name in (
         "max_clients", "max_per_address", "register_timeout", "ping_interval",
-        "ping_timeout", "flood_rate", "flood_burst", "outbound_max", "inbound_max")}
+        "ping_timeout", "flood_rate", "flood_burst", "outbound_max", "inbound_max",
+        *OPTIONAL_VERBS.values())}
     # Optional commands left out (SPEC.md 6.8, [CMD-5]).
     fields.update({field: 0 for field in args.without})
     if fields["flood_rate"] and not fields["flood_burst"]:

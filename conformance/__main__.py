@@ -1,7 +1,5 @@
 """`python -m conformance [HOST:PORT]`: see runner.py, or --help."""
 
-import sys
+from conformance.runner import exit_process, main
 
-from conformance.runner import main
-
-sys.exit(main())
+exit_process(main())

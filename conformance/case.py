@@ -40,6 +40,32 @@ NAME_LENGTH = 9
 PER_SERVER = frozenset({"LIMIT-1", "LIMIT-2"})
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundTrips:
+    """What the kit measured of the network to one server: PING to PONG, a few times.
+
+    Cases derive their waits and margins from it (CaseContext.allowance), so
+    that a slow or jittery network makes the kit wait longer, not fail.
+    """
+
+    #: Seconds from sending each PING to reading its PONG.
+    samples: tuple[float, ...] = ()
+
+    @property
+    def worst(self) -> float:
+        return max(self.samples, default=0.0)
+
+    @property
+    def best(self) -> float:
+        return min(self.samples, default=0.0)
+
+    def describe(self) -> str:
+        if not self.samples:
+            return "round trip not measured"
+        return (f"round trip {self.best * 1000:.1f} to {self.worst * 1000:.1f} ms "
+                f"over {len(self.samples)} PINGs")
+
+
 @dataclasses.dataclass
 class Target:
     """A server the cases run against."""
@@ -53,6 +79,14 @@ class Target:
     password: str | None = None
     #: Its HELLO, read by the runner's probe before any case runs.
     hello: HelloParams | None = None
+    #: Round trips measured by the probe.
+    network: RoundTrips = dataclasses.field(default_factory=RoundTrips)
+    #: What the kit asked of a server it started itself (controller.ServerSettings), else None.
+    settings: Any = None
+    #: Where the server came from and how it was set up, for reports.
+    configuration: str = ""
+    #: Settings the kit could not pass on to a server it started (limit field names).
+    unsettable: tuple[str, ...] = ()
     #: A cluster (SPEC.md 11b): the other servers of the same room. A case's
     #: connections go to the servers in turn, its first to (host, port).
     others: tuple[tuple[str, int], ...] = ()
@@ -98,7 +132,8 @@ class Case:
     run: Callable[[CaseContext], None]
     #: "session" or "python".
     kind: str
-    #: True if the case speaks to a room without a password (password=0 only).
+    #: True if the case sends USER or PASS itself, as to a room without a password:
+    #: in a room with one it runs only when the kit knows the password (it adds it).
     open_room: bool = False
     #: What the case checks, for people (a docstring or the transcript itself).
     doc: str = ""
@@ -141,6 +176,8 @@ class PrivateServer:
     """What `CaseContext.start_private_server` returns: a server only this case uses."""
 
     address: tuple[str, int]
+    #: How it was started, for the report (controller.StartedServer sets it).
+    configuration: str = "a private server"
 
     def shutdown(self) -> None:  # pragma: no cover - an interface
         raise NotImplementedError
@@ -157,6 +194,8 @@ class CaseContext:
         self.target = target
         self.hello: HelloParams = target.hello or HelloParams({}, ())
         self.timeout = timeout
+        #: The round trips the runner measured to the target.
+        self.network: RoundTrips = target.network
         self.transcript = transcript or Transcript()
         #: Set by the runner when the case ran out of time: every Peer stops.
         self.cancelled = threading.Event()
@@ -165,6 +204,8 @@ class CaseContext:
         self.exclusive = exclusive
         self._private_servers = private_servers
         self._started_servers: list[PrivateServer] = []
+        #: Descriptions of the private servers this case started, for the report.
+        self.private_configurations: list[str] = []
         self.peers: list[Peer] = []
         self._names: dict[str, str] = {}
         self._case_names: set[str] = set()
@@ -209,11 +250,16 @@ class CaseContext:
             self._connections_per_alias[alias] = count
             spread = self.target.address_for(len(self.peers), self.case.covers)  # SPEC.md 11b: over a cluster
         label = alias if count == 1 else f"{alias}#{count}"
-        peer = Peer(label, address or spread, self.transcript, timeout=self.timeout,
+        # Every wait for a line allows for the network as measured, on top of --timeout.
+        peer = Peer(label, address or spread, self.transcript, timeout=self.allowance(),
                     ssl_context=self.target.ssl_context if address is None else None,
                     server_hostname=self.target.server_hostname, is_outsider=self.is_outsider,
                     source_address=source_address, receive_buffer=receive_buffer,
                     hello_hint=self.target.hello, cancelled=self.cancelled)
+        if self.case.open_room and address is None:
+            # The case sends USER (or PASS) itself: in a room with a password the
+            # kit adds it (Peer._add_password), so the case runs there too.
+            peer.room_password = self.target.password
         with self._lock:
             self.peers.append(peer)
         if connect:
@@ -236,17 +282,29 @@ class CaseContext:
         return peer
 
     def start_private_server(self, **limits: Any) -> PrivateServer:
-        """A fresh reference server for this case alone (e.g. to shut it down).
+        """A fresh server for this case alone (e.g. to shut it down), with the run's
+        limits and these (chat.limits.Limits field names, `password=` too).
 
-        Only when the kit started the reference server itself; against
-        someone else's server the case does not apply.
+        Only when the kit starts the servers itself (in process, or
+        --server-cmd); against a running server the case does not apply, nor
+        when the command cannot set a limit asked for.
         """
         if self._private_servers is None:
-            raise NotApplicable("needs a server the kit may stop; only when the kit starts the "
-                                "reference server itself (run without HOST:PORT)")
+            raise NotApplicable("needs a server the kit may start and stop: give the kit the command "
+                                "that starts yours (--server-cmd) instead of HOST:PORT")
         server = self._private_servers(**limits)
         self._started_servers.append(server)
+        self.private_configurations.append(getattr(server, "configuration", "a private server"))
         return server
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def allowance(self, server_seconds: float = 0.0) -> float:
+        """Seconds to wait for a line that the advertised limits let the server take
+        `server_seconds` to send: that, plus twice the worst round trip measured
+        (the request's way there and the line's way back, each up to a round
+        trip on a jittery network), plus the read timeout (--timeout)."""
+        return server_seconds + 2 * self.network.worst + self.timeout
 
     # -- verdict helpers -----------------------------------------------------------------------
 

@@ -46,52 +46,70 @@ def both_connection_limits(ctx: CaseContext) -> None:
     extra.expect_closed(ids=("LIMIT-1", "ERR-2"))
 
 
+#: Times close-with-unread-input closes a connection with input left unread
+#: (see the case): at about four in five per try, a server that does not drain
+#: goes unnoticed in 4 tries about once in 600 runs.
+CLOSE_ATTEMPTS = 4
+
+
 @python_case("close-with-unread-input", covers=["STATE-3", "STATE-2"], quote=[
     "The lines of an orderly close MUST reach a client that keeps reading even when it sent more after "
     "the line that closed it",
 ])
 def close_with_unread_input(ctx: CaseContext) -> None:
-    """Alice, whose receive buffer is small, sends in one write a few dozen long
-    MSGs, LEAVE, and 4 KiB more, and reads nothing until the server has
-    closed her connection. Then she reads: every echo, her LEAVE, and the
-    end of the stream, nothing lost to a reset.
+    """Alice, whose receive buffer is small, sends in one write a dozen or
+    more long MSGs, LEAVE, and 32 KiB more, and reads nothing until the
+    server has closed her connection. Then she reads: every echo, her LEAVE,
+    and the end of the stream, nothing lost to a reset.
 
     How the kit knows the server has closed her connection without sleeping:
     bob sees `LEAVE alice quit` and then the PONG of his own PING. A server
-    that closes a socket with unread input (the 4 KiB after LEAVE) makes its
+    that closes a socket with unread input (what came after LEAVE) makes its
     kernel send a reset and discard the echoes it still holds for her, as
     her small window keeps most of them in the server's kernel; one that
-    half-closes and drains first ([STATE-3]) delivers them all."""
+    half-closes and drains first ([STATE-3]) delivers them all.
+
+    Why the MSGs stay within flood-burst, and why she sends 32 KiB more once
+    bob has seen her LEAVE: a server may read ahead while flood control holds
+    lines back ([LIMIT-8]), and one that had read everything before it
+    handled LEAVE would have nothing unread when it closes, so the case could
+    not tell whether it drains. Within the burst, LEAVE is handled as soon as
+    it is read; the second write comes when the server is draining (or has
+    closed, and answers it with a reset)."""
     rate, burst = ctx.hello.flood_rate, ctx.hello.flood_burst
-    count = 24
-    seconds = max(0, count + 1 - burst) / rate if rate else 0.0
-    ctx.require(seconds <= 10, f"at flood-rate={rate}, flood-burst={burst}, {count} lines take "
-                f"{seconds:.0f} s")
+    count = min(24, burst - 1) if rate else 24
+    ctx.require(count >= 12, f"flood-burst={burst} leaves room for {count} MSGs before LEAVE; "
+                "the case needs 12 to fill the receive window")
     bob = ctx.register("bob")
-    alice = ctx.peer("alice", receive_buffer=4096)
-    ctx.register("alice", peer=alice)
-    alice.tolerate_cut = True  # a reset cuts where it falls: the case says what was lost
-    bob.expect_line(f"JOIN {alice.name}")
     filler = "u" * min(900, ctx.hello.line_max - len("MSG 00 \n"))
-    echoes = [f"MSG {alice.name} {i:02d} {filler}" for i in range(count)]
-    # About 4 KiB after the LEAVE, in a few long lines rather than many short
-    # ones: what waits unhandled counts against inbound-max ([LIMIT-8]), and
-    # this case is about the close, not that bound.
+    # 32 KiB after the LEAVE, in long lines rather than many short ones: what
+    # a server has read and not handled counts against inbound-max ([LIMIT-8]),
+    # and this case is about the close, not that bound.
     after_line = f"MSG after-leave {'v' * min(900, ctx.hello.line_max - len('MSG after-leave ' + chr(10)))}\n"
-    after = after_line.encode() * -(-4096 // len(after_line))
-    held = count + 1 + after.count(b"\n") - burst
-    ctx.require(not rate or not ctx.hello.inbound_max or held <= ctx.hello.inbound_max,
-                f"inbound-max={ctx.hello.inbound_max} is too small for {held} lines held back")
-    alice.send_raw("".join(f"MSG {i:02d} {filler}\n" for i in range(count)).encode() + b"LEAVE\n" + after)
-    wait = ctx.timeout + seconds
-    for echo in echoes:
-        bob.expect_line(echo, timeout=wait, ids=("STATE-3",))
-    bob.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
-    bob.quiet(ids=("STATE-2",))  # nothing of what she sent after LEAVE
-    for echo in echoes:
-        alice.expect_line(echo, ids=("STATE-3",))
-    alice.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
-    alice.expect_closed(ids=("STATE-3",))
+    after = after_line.encode() * -(-32768 // len(after_line))
+    # A reset destroys what the server's kernel still held for her when it
+    # came, and how much that is depends on timing: a server that does not
+    # drain lost lines in about four runs of five here. A server that drains
+    # loses nothing in any run, so the case tries CLOSE_ATTEMPTS times.
+    for attempt in range(CLOSE_ATTEMPTS):
+        alice = ctx.peer(f"alice{attempt + 1}", receive_buffer=4096)
+        ctx.register(f"alice{attempt + 1}", peer=alice)
+        alice.tolerate_cut = True  # a reset cuts where it falls: the case says what was lost
+        bob.expect_line(f"JOIN {alice.name}")
+        echoes = [f"MSG {alice.name} {i:02d} {filler}" for i in range(count)]
+        alice.send_raw("".join(f"MSG {i:02d} {filler}\n" for i in range(count)).encode() + b"LEAVE\n" + after)
+        for echo in echoes:
+            bob.expect_line(echo, ids=("STATE-3",))
+        bob.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
+        bob.quiet(ids=("STATE-2",))  # nothing of what she sent after LEAVE
+        # More input after the server has handled her LEAVE: a server that
+        # reads ahead may have read all of the first write, but not this. One
+        # that has closed without draining answers it with a reset ([STATE-3]).
+        alice.send_raw(after)  # False if reset already: what she lost shows below
+        for echo in echoes:
+            alice.expect_line(echo, ids=("STATE-3",))
+        alice.expect_line(f"LEAVE {alice.name} quit", ids=("STATE-3",))
+        alice.expect_closed(ids=("STATE-3",))
 
 
 @python_case("slow-consumer-error-whole", covers=["LIMIT-13"], quote=[

@@ -39,3 +39,22 @@ class NotApplicable(Exception):
 
 class CaseCancelled(Exception):
     """Raised inside a case's threads once the runner has given up on it."""
+
+
+class Inconclusive(Exception):
+    """The kit saw something that may be the network's doing, or a limit of what
+    SPEC.md lets it assume, rather than the server's: neither pass nor fail.
+
+    Not a failure (the exit code stays 0), but the report says what was seen
+    and why the kit cannot tell, so a person can look.
+    """
+
+    def __init__(self, expected: str, actual: str, why: str, *, ids: tuple[str, ...] | list[str] = (),
+                 who: str | None = None) -> None:
+        super().__init__(f"inconclusive: expected {expected}; actual {actual} ({why})")
+        self.expected = expected
+        self.actual = actual
+        #: Why this cannot be blamed on the server.
+        self.why = why
+        self.ids = tuple(ids)
+        self.who = who

@@ -193,6 +193,13 @@ class Peer:
         self.tolerate_cut = False
         #: Rules the server broke on this connection, whatever the case checked.
         self.violations: list[Violation] = []
+        #: The room's password, for a case that sends USER itself in a room that
+        #: requires one (see _add_password); None leaves what the case sends alone.
+        self.room_password: str | None = None
+        #: True once the kit put the room's password in place of a PASS the case sent.
+        self.password_substituted = False
+        self._password_done = False
+        self._swallow_ok_pass = 0
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._pending: collections.deque[Line] = collections.deque()
@@ -328,6 +335,7 @@ class Peer:
                               "the kit's connection is closed (a mistake in the case)", who=self.label)
         self._check_cancelled()
         with self._send_lock:
+            data = self._add_password(data)
             self.transcript.record(self.label, "send", data)
             try:
                 self._sock.settimeout(self.timeout * 5)
@@ -337,6 +345,41 @@ class Peer:
                 self._check_cancelled()
                 self.transcript.record(self.label, "note", note=f"send failed: {error}")
                 return False
+
+    def _add_password(self, data: bytes) -> bytes:
+        """Let a case written for an open room run in a room with a password.
+
+        With `room_password` set and the server advertising `password=1`: the
+        first USER this connection sends is preceded by `PASS <password>`
+        (whose `OK PASS` the case then does not see), and a `PASS <anything>`
+        the case sends before it carries the room's password instead (the case
+        still sees its `OK PASS`; [PASS-4], which is about `password=0` rooms,
+        is then not what it checked). Everything else is sent as the case wrote it.
+        """
+        hello = self.hello or self._hello_hint
+        if self.room_password is None or self._password_done or hello is None or not hello.password:
+            return data
+        password_line = b"PASS " + self.room_password.encode("utf-8")
+        lines = data.split(b"\n")
+        for index, line in enumerate(lines[:-1] if data.endswith(b"\n") else lines):
+            body = line[:-1] if line.endswith(b"\r") else line
+            verb = body.split(b" ", 1)[0]
+            if verb == b"PASS" and b" " in body:
+                self._password_done = True
+                if body != password_line:
+                    self.password_substituted = True
+                    lines[index] = password_line + line[len(body):]
+                    self.transcript.record(self.label, "note", note="the room has a password: the kit "
+                                           "sends it in place of the PASS the case wrote")
+                break
+            if verb == b"USER":
+                self._password_done = True
+                self._swallow_ok_pass += 1
+                lines.insert(index, password_line)
+                self.transcript.record(self.label, "note", note="the room has a password: the kit sends "
+                                       "PASS before the case's first USER, and skips its OK PASS")
+                break
+        return b"\n".join(lines)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -450,6 +493,9 @@ class Peer:
         while True:
             if self._pending:
                 line = self._pending.popleft()
+                if self._swallow_ok_pass and line.text == "OK PASS":
+                    self._swallow_ok_pass -= 1  # the reply to the PASS the kit added (_add_password)
+                    continue
                 if answer_pings and not self.keepalive_manual and line.text.startswith("PING "):
                     self.send_line("PONG " + line.text[5:])  # [PING-4]
                     continue

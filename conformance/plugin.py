@@ -8,7 +8,8 @@
 Each case becomes a test `conformance[<case name>]`. A failure shows the same
 report as `python -m conformance` (requirement, Expected / Actual, transcript,
 reproduction); a case that does not apply is skipped with its reason; a SHOULD
-not met passes with a warning (fails with --conformance-strict).
+not met passes with a warning (fails with --conformance-strict), and so does an
+inconclusive case.
 
 The servers (self-hosted or not) and the HELLO probe are set up once, on the
 first case that runs, and stopped at the end of the session.
@@ -24,7 +25,7 @@ import pytest
 
 from conformance.case import Case, Target
 from conformance.peer import DEFAULT_TIMEOUT
-from conformance.report import FAIL, NOT_APPLICABLE, WARN, format_failure
+from conformance.report import FAIL, INCONCLUSIVE, NOT_APPLICABLE, WARN, format_failure
 from conformance.runner import DEFAULT_CASE_CAP, Runner, all_cases, parse_address
 from conformance.spec import Spec, load_spec
 
@@ -71,9 +72,7 @@ class ConformanceRun:
             from conformance.selfhost import SelfHostedServers
 
             self._servers = SelfHostedServers()
-            targets = [Target("open room", *self._servers.open_room.address),
-                       Target("password room", *self._servers.password_room.address,
-                              password=self._servers.password_room.password)]
+            targets = self._servers.targets()
             private_servers = self._servers.private_server
             rerun = ""
         else:
@@ -120,6 +119,10 @@ class ConformanceItem(pytest.Item):
             raise ConformanceFailure(format_failure(result, run.spec) if result.failures else result.reason)
         if result.verdict == WARN:
             warnings.warn(f"{self.case.name}: a SHOULD is not met\n{format_failure(result, run.spec)}",
+                          stacklevel=1)
+        if result.verdict == INCONCLUSIVE:
+            warnings.warn(f"{self.case.name}: inconclusive (not a failure)\n"
+                          f"{format_failure(result, run.spec)}",
                           stacklevel=1)
 
     def repr_failure(self, excinfo, style=None):

@@ -21,6 +21,11 @@ from conformance.peer import Transcript
 from conformance.spec import INFORMATIVE, Spec
 
 PASS, FAIL, WARN, NOT_APPLICABLE = "pass", "fail", "warn", "n/a"
+#: What the kit saw may be the network's doing (jitter, buffers SPEC.md does not
+#: bound), not the server's: not a failure (the exit code stays 0), but reported.
+INCONCLUSIVE = "inconclusive"
+#: Every verdict a case can get, in the order summaries list them.
+VERDICTS = (PASS, FAIL, WARN, INCONCLUSIVE, NOT_APPLICABLE)
 #: Per requirement only: a case citing it failed on another requirement first.
 INCOMPLETE = "incomplete"
 #: No case of this run checked it (not covered by the kit, deselected with -k,
@@ -54,6 +59,11 @@ class CaseResult:
     #: How the run was started, for the "rerun" line: e.g. "127.0.0.1:5000 --tls".
     rerun_args: str = ""
     cafile: str | None = None
+    #: The server configuration the verdict came from ("open room: line-max=1024 ...").
+    configuration: str = ""
+    #: Requirements the case cites but could not check in this run (e.g. PASS-4,
+    #: `password=0`, when the kit ran the case in a room with a password).
+    unchecked: frozenset[str] = frozenset()
 
     def failed_ids(self) -> set[str]:
         return {i for failure in self.failures for i in failure.ids}
@@ -67,6 +77,11 @@ def format_failure(result: CaseResult, spec: Spec) -> str:
     lines = [f"{result.verdict.upper()}: {case.name}  ({case.kind} case, {case.source})"]
     if case.doc:
         lines.append(textwrap.indent(case.doc.split("\n\n")[0], "  "))
+    if result.configuration:
+        lines.append(f"  Server: {result.configuration}")
+    if result.verdict == INCONCLUSIVE:
+        lines.append("  Not a failure: what the kit saw may come from the network or from buffers")
+        lines.append("  SPEC.md does not bound, not from the server (the reason is below).")
     cited = []
     for failure in result.failures:
         for requirement_id in failure.ids:
@@ -225,14 +240,16 @@ def requirement_verdicts(results: Iterable[CaseResult], spec: Spec) -> dict[str,
         for rid in dict.fromkeys(result.case.covers + tuple(sorted(failed))):
             entry = table.setdefault(rid, {"level": "?", "section": "?", "text": "(not in SPEC.md)",
                                            "cases": {}})
-            if result.verdict in (FAIL, WARN):
+            if rid in result.unchecked and rid not in failed:
+                verdict = NOT_APPLICABLE
+            elif result.verdict in (FAIL, WARN, INCONCLUSIVE):
                 verdict = result.verdict if rid in failed else INCOMPLETE
             else:
                 verdict = result.verdict
             entry["cases"][result.case.name] = verdict
     for entry in table.values():
         verdicts = set(entry["cases"].values())
-        for candidate in (FAIL, WARN, PASS, INCOMPLETE, NOT_APPLICABLE):
+        for candidate in (FAIL, WARN, INCONCLUSIVE, PASS, INCOMPLETE, NOT_APPLICABLE):
             if candidate in verdicts:
                 entry["verdict"] = candidate
                 break
@@ -303,9 +320,9 @@ def format_summary(results: list[CaseResult], spec: Spec) -> str:
         for rid in ids:
             counts.setdefault(table[rid]["verdict"], []).append(rid)
         parts = []
-        for verdict in (PASS, FAIL, WARN, INCOMPLETE, NOT_APPLICABLE, UNCOVERED):
+        for verdict in (PASS, FAIL, WARN, INCONCLUSIVE, INCOMPLETE, NOT_APPLICABLE, UNCOVERED):
             if verdict in counts:
-                listed = verdict in (FAIL, WARN, NOT_APPLICABLE) or (
+                listed = verdict in (FAIL, WARN, INCONCLUSIVE, NOT_APPLICABLE) or (
                     verdict in (UNCOVERED, INCOMPLETE) and len(counts[verdict]) <= 5)
                 named = f" ({' '.join(counts[verdict])})" if listed else ""
                 parts.append(f"{len(counts[verdict])} {verdict}{named}")
@@ -315,9 +332,19 @@ def format_summary(results: list[CaseResult], spec: Spec) -> str:
                    if entry["verdict"] == FAIL and entry["level"] == "MUST"]
     lines.append("")
     lines.append(f"Cases: {len(results)}: {verdicts.count(PASS)} pass, {verdicts.count(FAIL)} fail, "
-                 f"{verdicts.count(WARN)} warn, {verdicts.count(NOT_APPLICABLE)} n/a. "
+                 f"{verdicts.count(WARN)} warn, {verdicts.count(INCONCLUSIVE)} inconclusive, "
+                 f"{verdicts.count(NOT_APPLICABLE)} n/a. "
                  f"MUST requirements failed: {len(must_failed)}"
                  + (f" ({' '.join(must_failed)})" if must_failed else "") + ".")
+    inconclusive = [r.case.name for r in results if r.verdict == INCONCLUSIVE]
+    if inconclusive:
+        lines.append(f"Inconclusive ({' '.join(inconclusive)}): not failures, and the exit code does not "
+                     "count them, but the kit could not tell whether the server or the network (or "
+                     "buffers SPEC.md does not bound) caused what it saw; the reports above say what.")
+    configurations = sorted({r.configuration for r in results if r.configuration})
+    if configurations:
+        lines.append("Verdicts came from these server configurations:")
+        lines.extend(f"  {configuration}" for configuration in configurations)
     return "\n".join(lines)
 
 
@@ -331,6 +358,8 @@ def to_json(results: list[CaseResult], spec: Spec, server: str, strict: bool) ->
             "source": result.case.source,
             "covers": list(result.case.covers),
             "reason": result.reason,
+            "configuration": result.configuration,
+            "unchecked": sorted(result.unchecked),
             "duration": round(result.duration, 3),
             "failures": [dataclasses.asdict(f) for f in result.failures],
             "transcript": result.transcript.format("") if result.transcript and result.failures else None,
@@ -340,7 +369,9 @@ def to_json(results: list[CaseResult], spec: Spec, server: str, strict: bool) ->
         "protocol": "chat/1",
         "server": server,
         "strict": strict,
-        "summary": {verdict: verdicts.count(verdict) for verdict in (PASS, FAIL, WARN, NOT_APPLICABLE)},
+        "summary": {verdict: verdicts.count(verdict) for verdict in VERDICTS},
+        # Inconclusive verdicts do not make the run fail: see INCONCLUSIVE.
+        "failed": any(verdict == FAIL for verdict in verdicts),
         "requirements": table,
         "cases": cases,
     }
@@ -350,15 +381,17 @@ def to_json(results: list[CaseResult], spec: Spec, server: str, strict: bool) ->
 def to_junit_xml(results: list[CaseResult], spec: Spec, server: str) -> str:
     suite = ET.Element("testsuite", name="chat/1 conformance", tests=str(len(results)),
                        failures=str(sum(r.verdict == FAIL for r in results)),
-                       skipped=str(sum(r.verdict == NOT_APPLICABLE for r in results)),
+                       skipped=str(sum(r.verdict in (NOT_APPLICABLE, INCONCLUSIVE) for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     properties = ET.SubElement(suite, "properties")
     ET.SubElement(properties, "property", name="server", value=server)
     for result in results:
         element = ET.SubElement(suite, "testcase", classname=f"conformance.{result.case.kind}",
                                 name=result.case.name, time=f"{result.duration:.3f}")
-        ET.SubElement(element, "properties").extend(
-            ET.Element("property", name="requirement", value=rid) for rid in result.case.covers)
+        properties = ET.SubElement(element, "properties")
+        properties.extend(ET.Element("property", name="requirement", value=rid) for rid in result.case.covers)
+        if result.configuration:
+            ET.SubElement(properties, "property", name="configuration", value=result.configuration)
         if result.verdict == FAIL:
             first = result.failures[0] if result.failures else Failure((), "", "")
             failure = ET.SubElement(element, "failure",
@@ -367,6 +400,12 @@ def to_junit_xml(results: list[CaseResult], spec: Spec, server: str) -> str:
             failure.text = format_failure(result, spec)
         elif result.verdict == NOT_APPLICABLE:
             ET.SubElement(element, "skipped", message=result.reason)
+        elif result.verdict == INCONCLUSIVE:
+            # JUnit knows no such state: a skip (not a failure) that says so, with the report.
+            first = result.failures[0] if result.failures else Failure((), "", "")
+            ET.SubElement(element, "skipped", type="inconclusive",
+                          message=f"inconclusive [{' '.join(first.ids)}]: {first.actual}")
+            ET.SubElement(element, "system-out").text = format_failure(result, spec)
         elif result.verdict == WARN:
             ET.SubElement(element, "system-out").text = ("WARN (SHOULD not met)\n"
                                                          + format_failure(result, spec))

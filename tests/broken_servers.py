@@ -37,7 +37,6 @@ import re
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 import unicodedata
@@ -1019,5 +1018,52 @@ def main(argv: list[str] | None = None) -> int:
     return _kit(args.name, args.kit_args)
 
 
+# -- kitrunner variants ----------------------------------------------------------------------------
+
+
+class FloodBurstPlusOneServer(BrokenServer):
+    """Breaks [LIMIT-4]: each connection's flood bucket holds flood-burst + 1 lines, so one
+    line more than `flood-burst + flood-rate × t` is handled at once."""
+
+    breaks = frozenset({"LIMIT-4"})
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = 0, limits: Limits = DEFAULT_LIMITS,
+                 **kwargs) -> None:
+        import dataclasses
+
+        # The server enforces one line more; its room, which writes HELLO, advertises the burst asked for.
+        enforced = dataclasses.replace(limits, flood_burst=limits.flood_burst + 1)
+        super().__init__(host, port, enforced, **kwargs)
+        with self._lock:
+            self._room = self.room_class(limits)
+
+
+class _UncappedSocket(socket.socket):
+    """A socket on which setting SO_SNDBUF does nothing: the kernel keeps tuning it."""
+
+    def setsockopt(self, level, option, *value):
+        if (level, option) != (socket.SOL_SOCKET, socket.SO_SNDBUF):
+            super().setsockopt(level, option, *value)
+
+
+class DefaultSendBufferServer(BrokenServer):
+    """Breaks nothing: leaves each client's SO_SNDBUF to the operating system (Linux grows
+    it to 4 MiB), which [LIMIT-20] advises against but [LIMIT-6] allows. The slow-reader
+    case must still pass (the kit may assume outbound-max + 8 MiB before the LEAVE)."""
+
+    def _admit(self, sock, address, context):
+        return super()._admit(_UncappedSocket(fileno=sock.detach()), address, context)
+
+
+SERVERS["flood-burst-plus-one"] = FloodBurstPlusOneServer
+#: Servers that break no MUST in a way the kit may rely on: the kit must pass them.
+#: (Not in SERVERS, whose every entry other than the reference and split-writes breaks a rule.)
+CONFORMING_VARIANTS: dict[str, type[BrokenServer]] = {"default-send-buffer": DefaultSendBufferServer}
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from conformance.runner import exit_process
+
+    # As `python -m conformance` does: a broken server's stuck threads must not
+    # keep the kit's process alive once its report is written.
+    exit_process(main())

@@ -33,7 +33,7 @@ from conformance.case import Case, Target
 from conformance.outcome import CheckFailed
 from conformance.report import FAIL, NOT_APPLICABLE, PASS, WARN, format_failure
 from conformance.runner import Runner, all_cases, main
-from conformance.selfhost import SELF_HOSTED_LIMITS, SelfHostedServers
+from conformance.selfhost import SELF_HOSTED_LIMITS, TIMERS_ROOM_LIMITS, SelfHostedServers
 from conformance.spec import load_spec
 
 SPEC = load_spec()
@@ -55,10 +55,8 @@ def servers():
 
 
 def make_runner(servers: SelfHostedServers, **options) -> Runner:
-    targets = [Target("open room", *servers.open_room.address),
-               Target("password room", *servers.password_room.address,
-                      password=servers.password_room.password)]
-    runner = Runner(targets, SPEC, private_servers=servers.private_server, exclusive=True, **options)
+    runner = Runner(servers.targets(), SPEC, private_servers=servers.private_server, exclusive=True,
+                    **options)
     assert runner.probe() is None
     return runner
 
@@ -82,7 +80,7 @@ def tls_server(tmp_path_factory):
     authority.issue_cert("127.0.0.1").configure_cert(server_context)
     cafile = tmp_path_factory.mktemp("tls") / "ca.pem"
     authority.cert_pem.write_to_path(str(cafile))
-    limits = Limits(**{key: value for key, value in SELF_HOSTED_LIMITS.items()})
+    limits = Limits(**{**SELF_HOSTED_LIMITS, **TIMERS_ROOM_LIMITS})
     server = ChatServer("127.0.0.1", None, limits, tls_context=server_context, tls_port=0).start()
     try:
         yield server.tls_address, str(cafile)
@@ -349,11 +347,18 @@ class SpoilingProxy(ThreadedTestServer):
 
 def run_behind_proxy(servers, spoil, name: str, timeout: float = 1.0):
     case = CASES_BY_NAME[name]
-    room = servers.password_room if "password" in case.needs else servers.open_room
+    if "password" in case.needs:
+        room = servers.password_room
+    elif {"register-timeout", "ping-interval"} & set(case.needs):
+        room = servers.timers_room
+    else:
+        room = servers.open_room
     proxy = SpoilingProxy(room.address, spoil)
     try:
+        # No network check: the proxy loses the kit's second PING of the check as well, and
+        # every failure here is the server's (tests/test_conformance_fairness.py tests the check).
         runner = Runner([Target("broken", *proxy.address, password=room.password)], SPEC, timeout=timeout,
-                        rerun_args="HOST:PORT")
+                        rerun_args="HOST:PORT", network_check=False)
         runner.probe()
         return runner.run_case(case)
     finally:

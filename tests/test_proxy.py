@@ -41,8 +41,11 @@ from tests.conftest import DEADLINE
 SPEC = load_spec()
 PLAIN_CASES = [case for case in all_cases(SPEC) if "tls" not in case.needs]
 REPO = Path(__file__).resolve().parent.parent
-#: Long enough to reorder anything that could be reordered, short enough for the kit's timeouts.
-MAX_DELAY = 0.02
+#: Each piece of every chunk waits up to this long, in both directions (a chunk is cut
+#: into up to 3 pieces, so a line can take 90 ms each way): a slow, jittery network.
+#: The kit derives its waits from the advertised limits and the round trip it measured,
+#: so it must pass unchanged through it.
+MAX_DELAY = 0.03
 
 
 # -- the kit through the proxy -------------------------------------------------------------------
@@ -99,23 +102,20 @@ class ProxyProcess:
 
 @pytest.fixture(scope="module")
 def proxied():
-    """The self-hosted reference servers (open room, password room), each behind a proxy
-    process, and a factory of proxied private servers (for the shutdown case)."""
+    """The self-hosted reference servers (open room, password room, timers room), each
+    behind a proxy process, and a factory of proxied private servers (for the shutdown case)."""
     seeds = iter(range(1000, 2000))
     with SelfHostedServers() as servers:
-        open_proxy = ProxyProcess(servers.open_room.address, seed=1)
+        rooms = servers.targets()
+        proxies: list[ProxyProcess] = []
         try:
-            password_proxy = ProxyProcess(servers.password_room.address, seed=2)
-        except BaseException:
-            open_proxy.stop()
-            raise
-        try:
-            targets = [Target("open room via proxy", *open_proxy.address),
-                       Target("password room via proxy", *password_proxy.address,
-                              password=servers.password_room.password)]
+            for seed, room in enumerate(rooms, start=1):
+                proxies.append(ProxyProcess(room.address, seed=seed))
+            targets = [Target(f"{room.label} via proxy", *proxy.address, password=room.password)
+                       for room, proxy in zip(rooms, proxies, strict=True)]
             yield targets, (lambda **overrides: ProxiedServer(next(seeds), **overrides))
         finally:
-            for proxy in (open_proxy, password_proxy):
+            for proxy in proxies:
                 code, errors = proxy.stop()
                 assert code == 0, errors
 
@@ -123,6 +123,12 @@ def proxied():
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("case", PLAIN_CASES, ids=[case.name for case in PLAIN_CASES])
 def test_case_passes_through_the_proxy(proxied, case):
+    """The whole kit, case by case, through 30 ms of jitter each way: every case passes.
+
+    No verdict but pass is tolerated, not even inconclusive: the kit's waits come from
+    the advertised limits and the round trip it measured, and nothing this network
+    does is something the kit could mistake for the server (the proxy keeps every
+    byte, in order; its buffers are far below what slow-reader may assume)."""
     targets, private_servers = proxied
     runner = Runner(targets, SPEC, private_servers=private_servers, exclusive=True)
     assert runner.probe() is None
