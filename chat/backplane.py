@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import socket
 import threading
 import time
@@ -108,6 +109,14 @@ class RedisConnection:
         if kind == b"*":
             return None if int(body) < 0 else [self.reply() for _ in range(int(body))]
         raise RedisError(f"unexpected reply from Redis: {line[:40]!r}")
+
+    def gone(self) -> bool:
+        """Whether Redis closed this idle connection: it sends nothing unasked,
+        so anything to read (an end of file, a reset) means it is gone."""
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
     def close(self) -> None:
         self.file.close()
@@ -297,6 +306,11 @@ class Backplane:
         connection: RedisConnection | None = None
         heartbeat_due = 0.0
         while not self._stopped.is_set():
+            if connection is not None and connection.gone():
+                # Closed while idle (Redis restarted): nothing of ours was in
+                # flight, so reconnect before sending rather than refuse.
+                connection.close()
+                connection = None
             if connection is None:
                 connection = self._connect()
             if connection is None:
