@@ -314,91 +314,96 @@ def choose_window(settings: Settings, hello: dict[str, int], senders: int, line_
 
 
 def fanout_one(settings: Settings, clients_count: int) -> list[Case]:
-    senders_count = min(settings.fanout_senders, clients_count)
-    samples_extra = 3  # non-sending receivers fully checked as well
-
     def body(server: Server) -> list[Case]:
         room = None
         try:
             room = Room(settings, server, clients_count)
-            loop, clients = room.loop, room.clients
-            line_bytes = len(b"MSG  \n") + len(clients[0].name_bytes) + 64
-            window = choose_window(settings, room.hello, senders_count, line_bytes)
-            senders = [Sender(c, window) for c in clients[:senders_count]]
-            sampled = clients[:senders_count] + clients[-samples_extra:]
-            sampled = list({id(c): c for c in sampled}.values())  # no duplicates
-            for client in clients:
-                client.counting = True
-            for client in sampled:
-                client.counting = False
-                client.splitter.pending = b""
-                client.user_data = SampledReceiver()
-                client.on_msg = fanout_on_msg
-            for sender in senders:
-                sender.client.user_data.sender = sender
-                # Refill as soon as echoes are read, not after the loop has
-                # been round all 1,000 sockets: the server gets new work
-                # while the generator is still reading, so the two overlap.
-                sender.client.on_read_done = lambda client: client.user_data.sender.refill()
-
-            def refill_all() -> None:
-                for sender in senders:
-                    sender.refill()
-
-            meter = CpuMeter(server.pid)
-            started = time.monotonic()
-            stop_at = started + settings.fanout_seconds
-            with no_garbage_collection():
-                refill_all()
-                loop.run_until(lambda: time.monotonic() >= stop_at, stop_at + 1, "fan-out", refill_all)
-                for sender in senders:
-                    sender.sending = False
-                # Every message echoed to its sender = queued for everybody.
-                loop.run_until(
-                    lambda: all(s.unacked <= 0 or s.client.closed for s in senders),
-                    time.monotonic() + settings.drain_timeout_s, "fan-out: waiting for echoes",
-                )
-                room.barrier(clients, "drain", settings.drain_timeout_s)
-            elapsed = time.monotonic() - started
-            cpu = meter.stop()
-            server.check_alive()
-
-            sent = sum(s.sent for s in senders)
-            delivered = lost = extra = disconnected = 0
-            for client in clients:
-                if client.counting:
-                    # Everything counted except the barrier's PONG (if it came).
-                    got = client.lines - (0 if client.closed else 1)
-                else:
-                    got = client.user_data.msgs
-                    extra += max(0, client.lines - got - 1)  # JOIN/LEAVE/ERR in a quiet room
-                delivered += min(got, sent)
-                lost += max(0, sent - got)
-                extra += max(0, got - sent)
-                disconnected += client.closed
-            checks = [c.user_data for c in sampled]
-            crcs = {c.crc for c in checks if c.msgs == sent}
-            order_errors = sum(c.order_errors for c in checks) + max(0, len(crcs) - 1)
-            return [(f"{clients_count} clients", {
-                "clients": clients_count,
-                "senders": senders_count,
-                "window": window,
-                "seconds": elapsed,
-                "sent": sent,
-                "delivered_lines": delivered,
-                "lines_per_s": delivered / elapsed,
-                "msgs_per_s": sent / elapsed,
-                "lost": lost,
-                "extra": extra,
-                "disconnected": disconnected,
-                "order_errors": order_errors,
-                "sampled_receivers": len(sampled),
-                **cpu,
-            })]
+            return [(f"{clients_count} clients", fanout_run(settings, server, room))]
         finally:
             close_room_after(server, room)
 
     return run_with_server(settings, clients_count + 16, body)
+
+
+def fanout_run(settings: Settings, server: Server, room: Room) -> dict:
+    """One fan-out run in `room` (its server: `server`, whose CPU is measured)."""
+    clients_count = len(room.clients)
+    senders_count = min(settings.fanout_senders, clients_count)
+    samples_extra = 3  # non-sending receivers fully checked as well
+    loop, clients = room.loop, room.clients
+    line_bytes = len(b"MSG  \n") + len(clients[0].name_bytes) + 64
+    window = choose_window(settings, room.hello, senders_count, line_bytes)
+    senders = [Sender(c, window) for c in clients[:senders_count]]
+    sampled = clients[:senders_count] + clients[-samples_extra:]
+    sampled = list({id(c): c for c in sampled}.values())  # no duplicates
+    for client in clients:
+        client.counting = True
+    for client in sampled:
+        client.counting = False
+        client.splitter.pending = b""
+        client.user_data = SampledReceiver()
+        client.on_msg = fanout_on_msg
+    for sender in senders:
+        sender.client.user_data.sender = sender
+        # Refill as soon as echoes are read, not after the loop has
+        # been round all 1,000 sockets: the server gets new work
+        # while the generator is still reading, so the two overlap.
+        sender.client.on_read_done = lambda client: client.user_data.sender.refill()
+
+    def refill_all() -> None:
+        for sender in senders:
+            sender.refill()
+
+    meter = CpuMeter(server.pid)
+    started = time.monotonic()
+    stop_at = started + settings.fanout_seconds
+    with no_garbage_collection():
+        refill_all()
+        loop.run_until(lambda: time.monotonic() >= stop_at, stop_at + 1, "fan-out", refill_all)
+        for sender in senders:
+            sender.sending = False
+        # Every message echoed to its sender = queued for everybody.
+        loop.run_until(
+            lambda: all(s.unacked <= 0 or s.client.closed for s in senders),
+            time.monotonic() + settings.drain_timeout_s, "fan-out: waiting for echoes",
+        )
+        room.barrier(clients, "drain", settings.drain_timeout_s)
+    elapsed = time.monotonic() - started
+    cpu = meter.stop()
+    server.check_alive()
+
+    sent = sum(s.sent for s in senders)
+    delivered = lost = extra = disconnected = 0
+    for client in clients:
+        if client.counting:
+            # Everything counted except the barrier's PONG (if it came).
+            got = client.lines - (0 if client.closed else 1)
+        else:
+            got = client.user_data.msgs
+            extra += max(0, client.lines - got - 1)  # JOIN/LEAVE/ERR in a quiet room
+        delivered += min(got, sent)
+        lost += max(0, sent - got)
+        extra += max(0, got - sent)
+        disconnected += client.closed
+    checks = [c.user_data for c in sampled]
+    crcs = {c.crc for c in checks if c.msgs == sent}
+    order_errors = sum(c.order_errors for c in checks) + max(0, len(crcs) - 1)
+    return {
+        "clients": clients_count,
+        "senders": senders_count,
+        "window": window,
+        "seconds": elapsed,
+        "sent": sent,
+        "delivered_lines": delivered,
+        "lines_per_s": delivered / elapsed,
+        "msgs_per_s": sent / elapsed,
+        "lost": lost,
+        "extra": extra,
+        "disconnected": disconnected,
+        "order_errors": order_errors,
+        "sampled_receivers": len(sampled),
+        **cpu,
+    }
 
 
 def scenario_fanout(settings: Settings) -> list[Case]:

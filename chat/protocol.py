@@ -52,6 +52,8 @@ class ErrorCode(str, enum.Enum):
     OFFER_EXPIRED = "OFFER_EXPIRED"
     WRONG_STATE = "WRONG_STATE"
     BAD_TOKEN = "BAD_TOKEN"
+    #: SPEC.md 11b, [CLUSTER-6]: a server of a cluster cannot reach the room's log.
+    BACKPLANE_DOWN = "BACKPLANE_DOWN"
 
     @property
     def closes(self) -> bool:

@@ -53,7 +53,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from chat import logs, options
+from chat import backplane as backplanes
+from chat import cluster, logs, options
 from chat.limits import OPTIONAL_VERBS, Limits
 from chat.protocol import ErrorCode, LineBuffer, format_error, looks_like_tls
 from chat.state import (
@@ -583,7 +584,8 @@ class ChatServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = 5000,
                  limits: Limits = DEFAULT_LIMITS, *, tls_context: ssl.SSLContext | None = None,
-                 tls_port: int = 0) -> None:
+                 tls_port: int = 0, backplane: str | None = None,
+                 lease: float | None = None) -> None:
         self.limits = limits
         #: (listening socket, TLS context or None) for each listener.
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
@@ -604,6 +606,11 @@ class ChatServer:
 
         self._lock = threading.Lock()
         self._room = ChatRoom(limits)
+        #: SPEC.md 11b: with a backplane URL, one of a cluster (chat/backplane.py).
+        self._backplane = None
+        if backplane is not None:
+            self._room = cluster.ClusterRoom(limits, lease=lease or cluster.DEFAULT_LEASE)
+            self._backplane = backplanes.Backplane(backplane, self, self._room)
         self._connections: dict[Session, Connection] = {}
         self._outboxes = [Outbox(number) for number in range(FLUSHERS)]
         #: Every connection thread, and the transports still in their TLS
@@ -624,6 +631,8 @@ class ChatServer:
         self._watchdog = threading.Thread(target=self._watch_forever, name="watchdog")
         self._acceptors: list[threading.Thread] = []
         self._watchdog.start()
+        if self._backplane:
+            self._backplane.start()
 
     def _listen(self, host: str, port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -772,16 +781,22 @@ class ChatServer:
         session = connection.session
         inbound = connection.inbound
         transport = connection.transport
+        #: SPEC.md 11b: this connection's commands on their way through the log.
+        stream = self._backplane.stream(session) if self._backplane else None
         at_eof = False
         first = True
         try:
             while not session.closing:
                 item = inbound.take(time.monotonic())
                 if item is not None:
+                    if stream:
+                        stream.before(item)
                     registered = session.registered
                     with self._lock:
                         self._stats["lines_in"] += 1
                         self._apply(self._room.handle(session, item, time.monotonic()))
+                    if stream:
+                        stream.after()
                     if session.registered and not registered:
                         logs.event(logs.CONNECTIONS, logging.INFO, "register", id=session.id,
                                    address=connection.address, name=session.name)
@@ -821,6 +836,8 @@ class ChatServer:
         if connection.relay is not None:
             self._serve_data_connection(connection)
             return
+        if stream:
+            stream.finish()  # Its last lines came before its end ([FRAME-10]).
         with self._lock:
             self._apply(self._room.disconnect(session, "closed"))
         # Wait until the flusher is done with it: its last lines are sent and
@@ -900,6 +917,9 @@ class ChatServer:
     def _apply(self, actions: list[Action]) -> None:
         stats = self._stats
         for action in actions:
+            if self._backplane and isinstance(action, cluster.Append):
+                self._backplane.submit(action)  # cluster.Append: to the room's log.
+                continue
             if isinstance(action, Broadcast):
                 for outbox in self._outboxes:
                     outbox.batch += action.line
@@ -1113,6 +1133,8 @@ class ChatServer:
                 break
             for thread in threads:
                 thread.join()
+        if self._backplane:
+            self._backplane.stop()
         self._stopped.set()
         for outbox in self._outboxes:
             outbox.wake_writer.send(b"\0")
@@ -1188,10 +1210,27 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="text, or json: one JSON object per line (default text)")
     logging_options.add_argument("--quiet", action="store_true",
                                  help="warnings and errors only (the same as --log-level warning)")
+    cluster_options = parser.add_argument_group("Cluster", "One room on several servers through "
+                                                "Redis (SPEC.md 11b; README, \"Running a cluster\").")
+    cluster_options.add_argument("--backplane", metavar="URL", type=backplane_url,
+                                 help="the room's log: redis://HOST[:PORT][/DB] (default: no cluster)")
+    cluster_options.add_argument("--backplane-lease", metavar="SECONDS", type=options.whole_number,
+                                 default=int(cluster.DEFAULT_LEASE),
+                                 help="seconds this server may be silent in the log before the others "
+                                      f"send its users' LEAVEs (default {int(cluster.DEFAULT_LEASE)})")
     parser.add_argument("--without", action="append", default=[], choices=sorted(OPTIONAL_VERBS.values()),
                         help="do not offer this optional command (SPEC.md 6.8; repeatable), "
                              "as a server older than it would")
     return parser
+
+
+def backplane_url(text: str) -> str:
+    """--backplane: a redis:// URL (argparse's type)."""
+    try:
+        backplanes.parse_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
@@ -1267,6 +1306,9 @@ def exposure_warnings(host: str, bound: str, limits: Limits, plain: bool) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.backplane_lease:
+        options.fail("chat-server", "argument --backplane-lease: 0 would declare a server gone as soon as "
+                                    "it is silent (SPEC.md [CLUSTER-5]); give 1 or more")
     logs.configure("warning" if args.quiet else args.log_level, args.log_format)
     limits = limits_from_args(args)
     tls_context = tls_context_from_args(args)
@@ -1280,7 +1322,8 @@ def main(argv: list[str] | None = None) -> int:
         options.fail("chat-server", f"argument --host: {args.host}: {getattr(error, 'strerror', error)}")
     try:
         server = ChatServer(args.host, None if args.tls_only else args.port, limits,
-                            tls_context=tls_context, tls_port=args.tls_port)
+                            tls_context=tls_context, tls_port=args.tls_port,
+                            backplane=args.backplane, lease=args.backplane_lease)
     except OSError as error:
         # The port is taken, or the address is not this machine's: the
         # options are fine, the machine is not ready for them (status 1).

@@ -35,6 +35,11 @@ NAME_ALPHABET = string.ascii_lowercase + string.digits
 NAME_LENGTH = 9
 
 
+#: SPEC.md 11b: the connection limits are each server's own, not the
+#: cluster's, so the cases that check them keep their connections on one server.
+PER_SERVER = frozenset({"LIMIT-1", "LIMIT-2"})
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundTrips:
     """What the kit measured of the network to one server: PING to PONG, a few times.
@@ -82,6 +87,17 @@ class Target:
     configuration: str = ""
     #: Settings the kit could not pass on to a server it started (limit field names).
     unsettable: tuple[str, ...] = ()
+    #: A cluster (SPEC.md 11b): the other servers of the same room. A case's
+    #: connections go to the servers in turn, its first to (host, port).
+    others: tuple[tuple[str, int], ...] = ()
+
+    def address_for(self, connection: int, covers: Iterable[str] = ()) -> tuple[str, int]:
+        """Where a case's connection number `connection` (0, 1, ...) goes: round robin,
+        except for the cases of limits that are each server's own (PER_SERVER)."""
+        if PER_SERVER.intersection(covers):
+            return self.address
+        servers = (self.address, *self.others)
+        return servers[connection % len(servers)]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -232,9 +248,10 @@ class CaseContext:
         with self._lock:
             count = self._connections_per_alias.get(alias, 0) + 1
             self._connections_per_alias[alias] = count
+            spread = self.target.address_for(len(self.peers), self.case.covers)  # SPEC.md 11b: over a cluster
         label = alias if count == 1 else f"{alias}#{count}"
         # Every wait for a line allows for the network as measured, on top of --timeout.
-        peer = Peer(label, address or self.target.address, self.transcript, timeout=self.allowance(),
+        peer = Peer(label, address or spread, self.transcript, timeout=self.allowance(),
                     ssl_context=self.target.ssl_context if address is None else None,
                     server_hostname=self.target.server_hostname, is_outsider=self.is_outsider,
                     source_address=source_address, receive_buffer=receive_buffer,

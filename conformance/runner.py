@@ -72,6 +72,7 @@ def all_cases(spec: Spec) -> list[Case]:
     """Every case the kit has: SPEC.md's examples, the transcripts, the Python cases."""
     import conformance.cases  # noqa: F401 - its decorators fill PYTHON_CASES
     import conformance.cases_backlog  # noqa: F401 - LIMIT-8 to LIMIT-11, SEC-3, SEC-4
+    import conformance.cases_cluster  # noqa: F401 - CLUSTER-1 to CLUSTER-4, against a cluster
     import conformance.cases_files  # noqa: F401 - the same, for file sharing (SPEC.md 11a)
 
     sessions = spec_sessions(spec.text, source=os.path.basename(spec.path)) + load_session_dir()
@@ -383,6 +384,11 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """HOST:PORT, or a cluster's servers (SPEC.md 11b): HOST:PORT,HOST:PORT,..."""
+    return [parse_address(part) for part in text.split(",")]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m conformance",
@@ -391,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="With no HOST:PORT the kit starts the server itself: the reference server (chat/) in "
                "process, or with --server-cmd any server, once as an open room, once with a password, "
                "and privately for the cases that stop one; all on 127.0.0.1 with small limits.")
-    parser.add_argument("address", nargs="?", type=parse_address, help="the server to test, HOST:PORT")
+    parser.add_argument("address", nargs="?", type=parse_addresses,
+                        help="the server to test, HOST:PORT; or the servers of one cluster, "
+                             "HOST:PORT,HOST:PORT,... (each case's clients go to them in turn)")
     parser.add_argument("--server-cmd", metavar="TEMPLATE",
                         help="start the server to test with this command: placeholders {port}, "
                              "{max_clients}, {register_timeout}, ... (chat.limits.Limits field names), "
@@ -492,14 +500,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
                          (("tls_cert", args.tls_cert), ("tls_key", args.tls_key), ("cafile", args.cafile))
                          if value)
     else:
-        host, port = args.address
+        (host, port), *others = args.address
+        addresses = ",".join(f"{host}:{port}" for host, port in args.address)
         context = ssl.create_default_context(cafile=args.cafile) if args.tls else None
         targets = [Target("server", host, port, ssl_context=context, server_hostname=host,
-                          password=args.password,
-                          configuration=f"{host}:{port}" + (" (TLS)" if args.tls else "") + ", as it runs")]
-        rerun = f"{host}:{port}" + (" --tls" if args.tls else "") + (f" --cafile {args.cafile}"
+                          password=args.password, others=tuple(others),
+                          configuration=addresses + (" (TLS)" if args.tls else "") + ", as it runs")]
+        rerun = addresses + (" --tls" if args.tls else "") + (f" --cafile {args.cafile}"
                                                                      if args.cafile else "")
-        server_label = f"{host}:{port}" + (" (TLS)" if args.tls else "")
+        server_label = addresses + (" (TLS)" if args.tls else "")
 
     results: list[CaseResult] = []
     problems: list[str] = []

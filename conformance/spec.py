@@ -54,6 +54,10 @@ INFORMATIVE = "INFO"
 #: a client, honours them: its HELLO parser ignores unknown parameters, its
 #: Peers answer PING with PONG, and it matches ERR lines by code alone.)
 _CLIENT_SENTENCE = re.compile(r"bind clients\s*\((?P<ids>[^)]*)\)")
+#: SPEC.md section 1 also names the cluster's failures, "which a kit cannot
+#: cause (...)": the reference server's tests check those (SPEC.md 11b), and
+#: like the client ones they are listed in the matrix but not counted.
+_SERVER_TESTS_SENTENCE = re.compile(r"which a kit cannot cause\s*\((?P<ids>[^)]*)\)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +76,8 @@ class Requirement:
     line: int
     #: True if SPEC.md says it binds clients, not the server.
     binds_client: bool = False
+    #: True if SPEC.md says a kit cannot cause what it is about (a cluster's failures).
+    beyond_kit: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +91,7 @@ class Spec:
     def must_ids(self, *, server_only: bool = False) -> list[str]:
         """The MUST requirements; with server_only, those a server kit must cover."""
         return [r.id for r in self.requirements.values()
-                if r.level == "MUST" and not (server_only and r.binds_client)]
+                if r.level == "MUST" and not (server_only and (r.binds_client or r.beyond_kit))]
 
     def sections(self) -> list[str]:
         """Section titles that hold requirements, in document order."""
@@ -120,6 +126,8 @@ def parse_spec(text: str, path: str = "SPEC.md") -> Spec:
     """Find every `- [ID] ...` bullet outside code fences."""
     client_sentence = _CLIENT_SENTENCE.search(" ".join(text.split()))
     client_ids = set(REQUIREMENT_ID.findall(client_sentence.group("ids"))) if client_sentence else set()
+    beyond = _SERVER_TESTS_SENTENCE.search(" ".join(text.split()))
+    beyond_ids = set(REQUIREMENT_ID.findall(beyond.group("ids"))) if beyond else set()
     requirements: dict[str, Requirement] = {}
     section = ""
     in_fence = False
@@ -132,7 +140,7 @@ def parse_spec(text: str, path: str = "SPEC.md") -> Spec:
             requirements[current["id"]] = Requirement(
                 id=current["id"], level=requirement_level(body), text=body,
                 section=current["section"], line=current["line"],
-                binds_client=current["id"] in client_ids)
+                binds_client=current["id"] in client_ids, beyond_kit=current["id"] in beyond_ids)
             current = None
 
     for number, line in enumerate(text.splitlines(), start=1):

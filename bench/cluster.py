@@ -1,0 +1,221 @@
+"""`python -m bench --scenario cluster-latency` (and `cluster-fan-out`): the
+latency (fan-out) scenario against a cluster of two reference servers on one
+Redis (SPEC.md 11b), beside one server in the same run, so that the ratio
+between them is what is compared.
+
+Not part of `all`: it needs redis-server (Debian's package), and on the
+2-core benchmark machine one of the servers shares a core with the generator.
+
+Each run: the single server's latency case (bench.scenarios.latency_one),
+then a fresh Redis (no persistence: nothing here restarts it) and two servers
+with `--backplane`, one pinned to each CPU; half the clients on each, the
+senders alternating between them; the same fixed-rate run. Reported beside
+the latency: each process's CPU (percent of one core) and resident memory,
+Redis's included, and the cluster's p99 as a ratio to the single server's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+
+from bench.net import EventLoop, open_clients
+from bench.scenarios import (
+    REFERENCE_SERVER_FLAGS,
+    Case,
+    Room,
+    ScenarioError,
+    Settings,
+    fanout_one,
+    fanout_run,
+    fixed_rate_run,
+    latency_one,
+)
+from bench.serverproc import ReferenceServer, read_cpu_seconds, read_rss_kb
+from bench.stats import latency_summary
+
+#: Seconds Redis may take to say it is ready (it takes milliseconds).
+REDIS_START_TIMEOUT_S = 10.0
+
+
+class Redis:
+    """A redis-server on a free port of 127.0.0.1, without persistence."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ScenarioError("redis-server is not installed (apt-get install redis-server)")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = tempfile.TemporaryDirectory(prefix="bench-redis-")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.directory.name], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        for line in self.process.stdout:
+            if "Ready to accept connections" in line:
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise ScenarioError(f"redis-server exited with status {self.process.wait()}")
+        self.pid = self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process.stdout.close()
+        self.directory.cleanup()
+
+
+class ClusterRoom(Room):
+    """Room's clients, spread over several servers: client i on server i % n."""
+
+    def __init__(self, settings: Settings, servers: list[ReferenceServer], count: int) -> None:
+        self.settings = settings
+        self.server = servers[0]
+        self.loop = EventLoop()
+        self.clients = []
+        prefix = f"c{os.getpid() % 1000}x{int(time.time()) % 100000}"
+        deadline = time.monotonic() + settings.setup_timeout_s
+        shares = []
+        for index, server in enumerate(servers):
+            names = [f"{prefix}{i}" for i in range(index, count, len(servers))]
+            report = open_clients(self.loop, server.address, names, deadline,
+                                  concurrency=settings.connect_concurrency)
+            if report.failed or report.socket_errors:
+                for client in report.registered:
+                    client.close()
+                self.close()
+                raise ScenarioError(f"only {len(report.registered)} of {len(names)} clients registered "
+                                    f"on {server.host}:{server.port}: {report.failure_summary()}")
+            order = {name: i for i, name in enumerate(names)}
+            shares.append(sorted(report.registered, key=lambda c: order[c.name]))
+        # Interleaved, so that the senders (the first few) are on every server.
+        for group in zip(*shares, strict=False):
+            self.clients += list(group)
+        self.clients += [c for share in shares for c in share[len(shares[-1]):]]
+        self.hello = self.clients[0].hello or {}
+        self.quiet_across(shares, settings.setup_timeout_s)
+        self.barrier(self.clients, "setup", settings.setup_timeout_s)
+        for client in self.clients:
+            client.reset_counts()
+
+
+    def quiet_across(self, shares: list[list], timeout_s: float) -> None:
+        """Wait until every JOIN has reached every client, on every server.
+
+        A PING barrier is not enough in a cluster: a PONG follows what the
+        client's own commands caused ([PING-2]), but another server's JOINs
+        reach it when its server has read them from the log. So one client per
+        server sends a MSG, and everyone waits for all of them: a server that
+        applied a MSG had applied every JOIN before it in the log.
+        """
+        seen: dict[int, int] = {id(client): 0 for client in self.clients}
+
+        def count(client, line: bytes, now_ns: int) -> None:
+            seen[id(client)] += 1
+
+        counting = {id(client): client.counting for client in self.clients}
+        for client in self.clients:
+            client.counting = False  # Parse lines, so that on_msg sees them.
+            client.splitter.pending = b""
+            client.on_msg = count
+        for share in shares:
+            share[0].send(b"MSG setup\n")
+        self.loop.run_until(lambda: min(seen.values()) >= len(shares), time.monotonic() + timeout_s,
+                            "setup: every JOIN on every server")
+        for client in self.clients:
+            client.on_msg = None
+            client.counting = counting[id(client)]
+
+
+def on_cluster(settings: Settings, clients_count: int,
+               measure: Callable[[ReferenceServer, ClusterRoom], dict]) -> dict:
+    """Start Redis and two servers, fill a room over both, and run `measure`
+    (which measures the first server's CPU); adds the second server's and
+    Redis's CPU and everyone's memory. Stops everything it started."""
+    cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
+    redis = Redis()
+    servers: list[ReferenceServer] = []
+    room = None
+    try:
+        for index in range(2):
+            servers.append(ReferenceServer(
+                ["--max-clients", str(clients_count + 16), "--backplane", redis.url] + REFERENCE_SERVER_FLAGS,
+                cpus={cpus[(index + 1) % len(cpus)]} if settings.server_cpus else None))
+        room = ClusterRoom(settings, servers, clients_count)
+        pids = {"server_b": servers[1].pid, "redis": redis.pid}
+        started = time.monotonic()
+        before = {key: read_cpu_seconds(pid) for key, pid in pids.items()}
+        metrics = measure(servers[0], room)
+        wall = max(time.monotonic() - started, 1e-9)
+        cpu = {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - (before[key] or 0.0)) / wall
+               for key, pid in pids.items()}
+        if "other_cpu_pct" in metrics:  # The run's meter knew only the first server.
+            metrics["other_cpu_pct"] = max(0.0, metrics["other_cpu_pct"] - sum(cpu.values()))
+        return {**metrics, **cpu, "server_rss_kb": read_rss_kb(servers[0].pid),
+                "server_b_rss_kb": read_rss_kb(servers[1].pid), "redis_rss_kb": read_rss_kb(redis.pid)}
+    finally:
+        for server in servers:
+            server.stop()
+        if room is not None:
+            room.close()
+        redis.stop()
+
+
+def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> list[Case]:
+    [(single_name, single)] = latency_one(settings, clients_count, rate)
+
+    def measure(server: ReferenceServer, room: ClusterRoom) -> dict:
+        run = fixed_rate_run(settings, server, room, rate, min(settings.latency_senders, clients_count),
+                             settings.latency_seconds)
+        latency = latency_summary(run.latencies_ns)
+        return {
+            **dict(clients=clients_count, rate_per_s=rate, sent=run.sent, delivered=run.others_delivered,
+                   lost=run.others_lost, extra=run.others_extra),
+            **latency,
+            "p99_ratio_to_single": latency["p99_ms"] / single["p99_ms"] if single.get("p99_ms") else None,
+            **run.cpu,
+        }
+
+    cluster = on_cluster(settings, clients_count, measure)
+    return [(single_name, single), (f"2 servers + Redis: {clients_count} clients @ {rate:g}/s", cluster)]
+
+
+def scenario_cluster_latency(settings: Settings) -> list[Case]:
+    cases = []
+    for clients_count, rate in settings.latency_cases:
+        cases += cluster_latency_one(settings, clients_count, rate)
+    return cases
+
+
+def scenario_cluster_fanout(settings: Settings) -> list[Case]:
+    """Fan-out on one server, then on two with Redis; each sampled receiver's
+    order is checked (one CRC of the MSG lines: one room order across servers)."""
+    cases = []
+    for clients_count in settings.fanout_clients:
+        [(name, single)] = fanout_one(settings, clients_count)
+
+        def measure(server: ReferenceServer, room: ClusterRoom, single: dict = single) -> dict:
+            metrics = fanout_run(settings, server, room)
+            metrics["lines_per_s_ratio_to_single"] = metrics["lines_per_s"] / single["lines_per_s"]
+            return metrics
+
+        cluster = on_cluster(settings, clients_count, measure)
+        cases += [(name, single), (f"2 servers + Redis: {name}", cluster)]
+    return cases
+
+
+#: Scenarios run only when asked for by name (not in `all`).
+OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout}

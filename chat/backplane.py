@@ -1,0 +1,415 @@
+"""The backplane: the room's log in a Redis stream, and the threads that use it (SPEC.md 11b).
+
+`python -m chat.server --backplane redis://HOST:PORT/DB` makes the server one
+of a cluster: chat/cluster.py decides, this module carries entries to and from
+Redis. Standard library only: RESP2, the few commands used here, over a socket.
+
+    writer thread:    appends this server's entries (XADD), in the order the
+                      room made them, and a heartbeat every lease / 5
+                      ([CLUSTER-5]); while Redis cannot be reached it refuses
+                      the clients' commands at once ([CLUSTER-6]) and keeps
+                      the LEAVEs until it can append them
+    consumer thread:  reads the stream in order (XREAD BLOCK) from its first
+                      entry, applies each entry to the room under the server's
+                      lock, and wakes the reader waiting for its own entry
+    reader threads:   (chat/server.py) hand a client's MSG, ACT and PM to the
+                      log one after another (Stream); any other line waits
+                      until the ones before it are back ([ORDER-4])
+
+Why Redis Streams (README, "Running a cluster"): one `redis-server` process,
+a Debian package with no configuration, and a stream is exactly the ordered,
+durable log the design needs (XADD gives each entry its place and time, XREAD
+BLOCK follows it). NATS JetStream would do too, with a second server to run.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import select
+import socket
+import threading
+import time
+import urllib.parse
+
+from chat import cluster, logs
+
+log = logging.getLogger("chat.server.backplane")
+
+#: The stream holding the room's log.
+STREAM = b"chat1:room"
+#: Seconds between two attempts to reach Redis after a failure ([CLUSTER-6]).
+#: Short: while Redis is unreachable every command is refused.
+RECONNECT_PERIOD = 0.5
+#: Milliseconds one XREAD waits for new entries; the consumer then looks at
+#: whether the server is stopping.
+READ_BLOCK_MS = 500
+#: Entries taken by one XREAD: a batch is applied under one lock.
+READ_COUNT = 1000
+#: Seconds to connect to Redis, and to wait for one reply (XREAD's block aside).
+REDIS_TIMEOUT = 2.0
+#: Entries appended in one pipeline at most: what one failure can leave
+#: undecided, and what the writer holds outside its queue.
+PIPELINE_MAX = 1000
+#: MSG, ACT and PM of one connection on their way through the log at once
+#: (Stream): enough to keep a fast sender's pipeline full, few enough that a
+#: sender cannot pile up the writer's queue without bound.
+STREAM_MAX = 64
+#: Seconds the server's shutdown waits for its last LEAVEs to reach the log.
+FLUSH_GRACE = 1.0
+
+
+class RedisError(OSError):
+    """Redis could not be reached, or answered with an error."""
+
+
+class RedisConnection:
+    """One connection to Redis speaking RESP2: a command, then its reply."""
+
+    def __init__(self, host: str, port: int, db: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=REDIS_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+        if db:
+            self.command(b"SELECT", str(db).encode())
+
+    def command(self, *args: bytes, timeout: float = REDIS_TIMEOUT):
+        self.send_commands([args], timeout)
+        return self.reply()
+
+    def send_commands(self, commands: list[tuple[bytes, ...]], timeout: float = REDIS_TIMEOUT) -> None:
+        """Send commands without waiting: read each one's reply with reply(), in order."""
+        request = []
+        for args in commands:
+            request.append(b"*%d\r\n" % len(args))
+            for arg in args:
+                request.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        self.sock.settimeout(timeout)
+        self.sock.sendall(b"".join(request))
+
+    def reply(self):
+        """The next reply: bytes, int, a list, or None; RedisError for an error reply."""
+        line = self.file.readline()
+        if not line.endswith(b"\r\n"):
+            raise RedisError("Redis closed the connection")
+        kind, body = line[:1], line[1:-2]
+        if kind == b"+":
+            return body
+        if kind == b"-":
+            raise RedisError(body.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(body)
+        if kind == b"$":
+            if int(body) < 0:
+                return None
+            data = self.file.read(int(body) + 2)
+            if len(data) != int(body) + 2:
+                raise RedisError("Redis closed the connection")
+            return data[:-2]
+        if kind == b"*":
+            return None if int(body) < 0 else [self.reply() for _ in range(int(body))]
+        raise RedisError(f"unexpected reply from Redis: {line[:40]!r}")
+
+    def gone(self) -> bool:
+        """Whether Redis closed this idle connection: it sends nothing unasked,
+        so anything to read (an end of file, a reset) means it is gone."""
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def parse_url(url: str) -> tuple[str, int, int]:
+    """(host, port, db) from `redis://HOST[:PORT][/DB]`; ValueError says what is wrong."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError(f"{url}: expected redis://HOST[:PORT][/DB]")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url}: the database after / is a number")
+    return parts.hostname, parts.port or 6379, int(path or 0)
+
+
+class Stream:
+    """One connection's commands on their way through the log ([ORDER-4]).
+
+    MSG, ACT and PM of a registered client stream: the reader hands the next
+    one to the log without waiting for the last to come back, since the log
+    keeps their order (up to STREAM_MAX of them). Any other line waits until
+    every entry before it is back, so that its reply, or the state it is
+    checked in (registered or not), follows them. The reader thread's alone.
+    """
+
+    def __init__(self, backplane: Backplane, session) -> None:
+        self._backplane = backplane
+        self._session = session
+        #: The last entry of this connection not known to be back, and how many are out.
+        self._last: int | None = None
+        self._out = 0
+
+    def before(self, item) -> None:
+        """Before the reader hands `item` to the room: wait if it must."""
+        if self._last is None:
+            return
+        with self._backplane._server._lock:
+            streams = self._backplane._room.streamable(self._session, item)
+        if not streams or self._out >= STREAM_MAX:
+            self._settle()
+
+    def after(self) -> None:
+        """After the room handled the line: note what went to the log, wait if it must."""
+        with self._backplane._server._lock:
+            entry = self._backplane._room.awaiting.pop(self._session, None)
+        if entry is None:
+            return
+        self._last = entry.seq
+        self._out += 1
+        if entry.kind not in cluster.STREAMED:
+            self._settle()  # USER, USERS, NICK, LEAVE: the next line depends on them.
+
+    def finish(self) -> None:
+        """The connection ends: its lines handled so far come first ([FRAME-10])."""
+        if self._last is not None:
+            self._settle()
+
+    def _settle(self) -> None:
+        self._backplane.wait(self._last)
+        self._last = None
+        self._out = 0
+
+
+class Backplane:
+    """The server's link to the room's log. `server` is a chat.server.ChatServer."""
+
+    def __init__(self, url: str, server, room: cluster.ClusterRoom) -> None:
+        self.host, self.port, self.db = parse_url(url)
+        self.url = url
+        self._server = server
+        self._room = room
+        self._lock = threading.Condition(threading.Lock())
+        # -- guarded by self._lock --
+        self._queue: collections.deque[cluster.Append] = collections.deque()
+        #: The clients' entries not yet back from the log nor refused: by seq,
+        #: what wakes the reader waiting for it.
+        self._pending: dict[int, threading.Event] = {}
+        #: The same entries, per session id in the order submitted, each with
+        #: its outcome once known (None: not yet; "applied"; "refused").
+        self._order: dict[int, collections.deque[list]] = {}
+        self._closing = False
+        self._up = False
+        self._stopped = threading.Event()
+        self._writer = threading.Thread(target=self._write_forever, name="backplane-writer")
+        self._consumer = threading.Thread(target=self._consume_forever, name="backplane-consumer")
+
+    def start(self) -> None:
+        self._writer.start()
+        self._consumer.start()
+
+    # -- the server's side -------------------------------------------------------
+
+    def stream(self, session) -> Stream:
+        return Stream(self, session)
+
+    def submit(self, append: cluster.Append) -> None:
+        """Queue an entry for the log. Called under the server's lock, so the
+        queue keeps the room's order."""
+        with self._lock:
+            if append.awaited:
+                self._pending[append.entry.seq] = threading.Event()
+                self._order.setdefault(append.entry.session, collections.deque()).append([append.entry, None])
+            self._queue.append(append)
+            self._lock.notify()
+
+    def wait(self, seq: int) -> None:
+        """Block until entry `seq` is back from the log, or refused. Reader thread."""
+        with self._lock:
+            done = self._pending.get(seq)
+        while done is not None and not done.wait(0.5):
+            if self._stopped.is_set() or self._server._stopping.is_set():
+                return  # Shutting down: the session is closing anyway.
+
+    def _resolve(self, seq: int) -> None:
+        """Under self._lock."""
+        done = self._pending.pop(seq, None)
+        if done is not None:
+            done.set()
+
+    def _settle(self, entry: cluster.Entry, outcome: str) -> None:
+        """An entry of a client came back from the log ("applied") or was
+        refused. Under the server's lock, then this one's (that order, always).
+
+        A refusal's ERR is sent only once every entry of that client before
+        it is back ([ORDER-4]): an entry appended just before Redis went away
+        comes back when Redis does, and its lines come before the ERR of the
+        entry after it.
+        """
+        with self._lock:
+            queue = self._order.get(entry.session)
+            if queue is None:
+                return
+            for item in queue:
+                if item[0].seq == entry.seq:
+                    item[1] = outcome
+                    break
+            while queue and queue[0][1] is not None:
+                head, head_outcome = queue.popleft()
+                if head_outcome == "refused":
+                    self._server._apply(self._room.refused_entry(head))
+                self._resolve(head.seq)
+            if not queue:
+                del self._order[entry.session]
+
+    def _refuse(self, refused: list[cluster.Append]) -> None:
+        """[CLUSTER-6]: these will not reach the log; each gets ERR BACKPLANE_DOWN
+        in its turn (see _settle). The writer thread, holding neither lock."""
+        if refused:
+            with self._server._lock:
+                for append in refused:
+                    self._settle(append.entry, "refused")
+
+    def stop(self) -> None:
+        """Append what is queued (the LEAVEs of shutdown) within FLUSH_GRACE, then stop."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._writer.join(FLUSH_GRACE + REDIS_TIMEOUT)
+        self._stopped.set()
+        with self._lock:
+            for seq in list(self._pending):
+                self._resolve(seq)
+            self._lock.notify()
+        self._writer.join()
+        self._consumer.join()
+
+    # -- the writer ----------------------------------------------------------------
+
+    def _connect(self) -> RedisConnection | None:
+        try:
+            return RedisConnection(self.host, self.port, self.db)
+        except OSError as error:
+            self._set_up(False, error)
+            return None
+
+    def _set_up(self, up: bool, error: object = None) -> None:
+        if up != self._up:
+            self._up = up
+            logs.event(log, logging.INFO if up else logging.WARNING,
+                       "backplane-up" if up else "backplane-down", url=self.url,
+                       detail=str(error) if error else None)
+
+    def _write_forever(self) -> None:
+        period = self._room.lease_ms / 1000 / cluster.HEARTBEATS_PER_LEASE
+        connection: RedisConnection | None = None
+        heartbeat_due = 0.0
+        while not self._stopped.is_set():
+            if connection is not None and connection.gone():
+                # Closed while idle (Redis restarted): nothing of ours was in
+                # flight, so reconnect before sending rather than refuse.
+                connection.close()
+                connection = None
+            if connection is None:
+                connection = self._connect()
+            if connection is None:
+                # [CLUSTER-6]: refuse the clients' commands now, keep the LEAVEs.
+                with self._lock:
+                    refused = [append for append in self._queue if append.awaited]
+                    self._queue = collections.deque(append for append in self._queue if not append.awaited)
+                self._refuse(refused)
+                with self._lock:
+                    if self._closing:
+                        return
+                    self._lock.wait(RECONNECT_PERIOD)
+                continue
+            with self._lock:
+                now = time.monotonic()
+                if not self._queue and now < heartbeat_due:
+                    if self._closing:
+                        return
+                    self._lock.wait(heartbeat_due - now)
+                    continue
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), PIPELINE_MAX))]
+            if now >= heartbeat_due:
+                # Without the server's lock: under a burst of JOINs the lock
+                # is in demand, and a late heartbeat costs the lease. The id
+                # it reads is one attribute, replaced whole.
+                heartbeat = self._room.heartbeat()
+                batch.insert(0, cluster.Append(heartbeat, False))
+                heartbeat_due = now + period
+            # One pipeline: every XADD sent, then every reply read. Redis
+            # appends them in the order sent.
+            answered = 0
+            try:
+                connection.send_commands([(b"XADD", STREAM, b"*", b"e", cluster.encode(append.entry))
+                                          for append in batch])
+                for _ in batch:
+                    connection.reply()
+                    answered += 1
+                self._set_up(True)
+            except OSError as error:
+                self._set_up(False, error)
+                connection.close()
+                connection = None
+                # The entries not answered may or may not be in the log. Sent
+                # again, one could be there twice: a client's command is
+                # refused instead (SPEC.md 11b says what that means); a LEAVE
+                # goes again, in order (a second one changes nothing); a
+                # heartbeat is not kept.
+                unanswered = batch[answered:]
+                with self._lock:
+                    self._queue.extendleft(reversed([append for append in unanswered
+                                                     if not append.awaited and append.entry.kind != "alive"]))
+                self._refuse([append for append in unanswered if append.awaited])
+        if connection is not None:
+            connection.close()
+
+    # -- the consumer ------------------------------------------------------------------
+
+    def _consume_forever(self) -> None:
+        last_id = b"0"  # From the first entry: the room's state is the whole log.
+        connection: RedisConnection | None = None
+        while not self._stopped.is_set():
+            if connection is None:
+                connection = self._connect()
+                if connection is None:
+                    self._stopped.wait(RECONNECT_PERIOD)
+                    continue
+            try:
+                reply = connection.command(b"XREAD", b"COUNT", b"%d" % READ_COUNT,
+                                           b"BLOCK", b"%d" % READ_BLOCK_MS, b"STREAMS", STREAM, last_id,
+                                           timeout=REDIS_TIMEOUT + READ_BLOCK_MS / 1000)
+            except OSError as error:
+                self._set_up(False, error)
+                connection.close()
+                connection = None
+                continue
+            if not reply:
+                continue
+            entries = reply[0][1]
+            with self._server._lock:
+                gone = len(self._room.gone)
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    entry = cluster.decode(_field(fields, b"e"))
+                    if entry is None:
+                        continue
+                    self._server._apply(self._room.apply(cluster.stamp_of(entry_id.decode()), entry))
+                    if entry.server in self._room.own_ids and entry.seq:
+                        self._settle(entry, "applied")
+                if len(self._room.gone) != gone:
+                    # [CLUSTER-5]: worth an operator's attention (a server died,
+                    # or was starved past its lease).
+                    logs.event(log, logging.WARNING, "servers-gone", url=self.url,
+                               gone=len(self._room.gone), this_server=self._room.server_id)
+        if connection is not None:
+            connection.close()
+
+
+def _field(fields: list[bytes], name: bytes) -> bytes:
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            return fields[index + 1]
+    return b""

@@ -1,0 +1,317 @@
+"""A cluster of reference servers on one Redis (SPEC.md 11b), end to end.
+
+Each test starts its own redis-server (with its append-only file in the
+test's temporary directory) and its servers as processes, so that one can be
+killed. Without redis-server the tests are skipped, saying so; with CI=true
+(.ci/run installs it) they fail instead, so they cannot be switched off
+unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REDIS = shutil.which("redis-server")
+#: Short leases, so that a killed server's users leave within the test's wait; not
+#: so short that a server starved of CPU on a loaded machine (tox runs eight
+#: workers) misses its heartbeats for a whole lease and is declared gone.
+LEASE = 5
+#: Seconds any one expected line may take. A killed server's LEAVE comes a
+#: lease and a heartbeat after its last entry ([CLUSTER-5]).
+DEADLINE = 10.0 + LEASE
+
+if REDIS is None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("redis-server is missing: .ci/run installs it (apt-get install redis-server)")
+    pytestmark = pytest.mark.skip(reason="redis-server is not installed (apt-get install redis-server)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Engine:
+    """A redis-server of the test's own, durable across its restarts ([CLUSTER-8])."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory)],
+            stdout=subprocess.PIPE, text=True)
+        for line in self.process.stdout:
+            if "Ready to accept connections" in line:
+                return
+        raise RuntimeError(f"redis-server did not start (exit {self.process.wait()})")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: Redis writes its file and exits.
+            self.process.wait(timeout=DEADLINE)
+            self.process.stdout.close()
+            self.process = None
+
+
+class Server:
+    """A reference server of the cluster, in a process of its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chat.server", "--port", "0", "--backplane", engine.url,
+             "--backplane-lease", str(LEASE), "--log-level", "warning"],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+        line = self.process.stdout.readline()
+        match = re.fullmatch(r"chat server listening on (\S+):(\d+)\n", line)
+        assert match, f"the server said {line!r}"
+        self.address = (match[1], int(match[2]))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        self.process.wait(timeout=DEADLINE)
+        self.process.stdout.close()
+
+
+class Client:
+    def __init__(self, server: Server, name: str | None = None) -> None:
+        self.sock = socket.create_connection(server.address, timeout=DEADLINE)
+        self.file = self.sock.makefile("rb")
+        assert self.line().startswith("HELLO chat/1 ")
+        if name:
+            self.send(f"USER {name}")
+            assert self.line() == f"JOIN {name}"
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def line(self) -> str:
+        data = self.file.readline()
+        assert data.endswith(b"\n"), f"connection ended: {data!r}"
+        return data.decode()[:-1]
+
+    def until(self, wanted: str, prefix: str | None = None) -> list[str]:
+        """Every line up to and including `wanted` (or one starting with `prefix`)."""
+        lines = [self.line()]
+        while lines[-1] != wanted and not (prefix and lines[-1].startswith(prefix)):
+            lines.append(self.line())
+        return lines
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = Engine(tmp_path)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def servers(engine):
+    started = [Server(engine), Server(engine)]
+    yield started
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def clients():
+    opened: list[Client] = []
+
+    def open_client(server: Server, name: str | None = None) -> Client:
+        client = Client(server, name)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        client.close()
+
+
+def test_clients_on_two_servers_see_one_room_order_with_nothing_lost_or_doubled(servers, clients):
+    # [CLUSTER-1], [CLUSTER-2]: four talkers, two on each server, all at once.
+    names = ["ann", "ben", "cat", "dan"]
+    people = [clients(servers[i % 2], name) for i, name in enumerate(names)]
+    for person in people[:-1]:
+        person.until(f"JOIN {names[-1]}")
+    for round_ in range(15):  # Within flood-burst (20): no lines held back.
+        for name, person in zip(names, people, strict=True):
+            person.send(f"MSG {name} {round_}")
+    views = []
+    for person in people:
+        lines = []
+        while len(lines) < 15 * len(names):
+            line = person.line()
+            if line.startswith("MSG "):
+                lines.append(line)
+        views.append(lines)
+    expected = {f"MSG {name} {name} {round_}" for name in names for round_ in range(15)}
+    assert set(views[0]) == expected and len(views[0]) == len(expected)
+    assert all(view == views[0] for view in views)
+    for name in names:  # [ORDER-4]: each sender's lines in the order sent.
+        own = [line for line in views[0] if line.startswith(f"MSG {name} ")]
+        assert own == [f"MSG {name} {name} {round_}" for round_ in range(15)]
+
+
+def test_two_servers_racing_for_one_name_give_it_to_one(servers, clients):
+    # [CLUSTER-3]: the first USER in the log wins, whatever the timing.
+    for attempt in range(5):
+        left, right = clients(servers[0]), clients(servers[1])
+        name = f"race{attempt}"
+        left.send(f"USER {name}")
+        right.send(f"USER {name.upper()}")
+        replies = sorted([left.line(), right.line()])
+        assert replies[0].startswith("ERR NAME_TAKEN ") or replies[1].startswith("ERR NAME_TAKEN "), replies
+        assert sum(reply.startswith("JOIN ") for reply in replies) == 1, replies
+
+
+def test_pm_and_users_reach_across_servers(servers, clients):
+    # [CLUSTER-2] PM, [CLUSTER-4] USERS.
+    alice = clients(servers[0], "alice")
+    bob = clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    bob.send("PM ALICE psst")
+    assert bob.line() == "PM bob alice psst"
+    assert alice.line() == "PM bob alice psst"
+    alice.send("USERS")
+    assert alice.line() == "NAMES alice bob"
+    assert alice.line() == "ENDNAMES 2"
+
+
+def test_a_killed_servers_users_leave_with_timeout_and_their_names_are_free(servers, clients):
+    # [CLUSTER-5]
+    alice = clients(servers[0], "alice")
+    clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    alice.send("MSG before")
+    assert alice.line() == "MSG alice before"
+    servers[1].stop(signal.SIGKILL)
+    assert alice.line() == "LEAVE bob timeout"
+    clients(servers[0], "bob")
+    assert alice.line() == "JOIN bob"
+
+
+def test_a_server_stopped_in_order_sends_its_users_leaves_closed(servers, clients):
+    alice = clients(servers[0], "alice")
+    clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    servers[1].stop(signal.SIGTERM)
+    assert alice.line() == "LEAVE bob closed"
+
+
+def test_a_server_paused_past_its_lease_closes_its_clients_and_serves_again(servers, clients):
+    # [CLUSTER-7]: the others declared it gone; its clients were told.
+    alice = clients(servers[0], "alice")
+    bob = clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    servers[1].process.send_signal(signal.SIGSTOP)
+    try:
+        assert alice.line() == "LEAVE bob timeout"
+    finally:
+        servers[1].process.send_signal(signal.SIGCONT)
+    assert bob.line() == "ERR BACKPLANE_DOWN this server lost the room's log: connect again"
+    assert bob.file.readline() == b""
+    clients(servers[1], "bob")
+    assert alice.line() == "JOIN bob"
+
+
+def test_an_engine_restart_refuses_meanwhile_and_loses_or_doubles_nothing_accepted(engine, servers, clients):
+    # [CLUSTER-6], [CLUSTER-8]
+    alice = clients(servers[0], "alice")
+    bob = clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    alice.send("MSG one")
+    bob.send("MSG two")
+    # Both accepted (each has its echo) before the engine stops.
+    alice_lines = alice.until("MSG alice one")
+    bob_lines = bob.until("MSG bob two")
+    engine.stop()
+    alice.send("MSG during")
+    alice_lines += alice.until("ERR BACKPLANE_DOWN the room's log is unreachable: not sent, try again")
+    alice.send("PING still-here")  # What needs no log is answered as usual.
+    assert alice.line() == "PONG still-here"
+    engine.start()
+    after = accepted(alice, "alice", "after", alice_lines)
+    three = accepted(bob, "bob", "three", bob_lines)
+    alice_view = [line for line in alice_lines + alice.until(three) if line.startswith("MSG ")]
+    bob_view = [line for line in bob_lines if line.startswith("MSG ")]
+    assert alice_view == bob_view
+    assert sorted(alice_view[:2]) == ["MSG alice one", "MSG bob two"]
+    assert alice_view[2:] == [after, three]
+
+
+def accepted(client: Client, name: str, text: str, lines: list[str]) -> str:
+    """Send MSG `text` until the server takes it (ERR BACKPLANE_DOWN while it
+    reconnects, [CLUSTER-6]); the echo. Every line read goes to `lines`."""
+    for attempt in range(int(DEADLINE / 0.5)):
+        client.send(f"MSG {text} {attempt}")
+        lines += client.until(f"MSG {name} {text} {attempt}", "ERR BACKPLANE_DOWN ")
+        if lines[-1].startswith("MSG "):
+            return lines[-1]
+    raise AssertionError(f"MSG {text} refused {int(DEADLINE / 0.5)} times")
+
+
+def test_a_new_server_learns_the_room_from_the_log(engine, servers, clients):
+    alice = clients(servers[0], "alice")
+    late = Server(engine)
+    try:
+        carol = clients(late, "carol")
+        carol.send("USERS")
+        assert carol.until("ENDNAMES 2")[0] == "NAMES alice carol"
+        assert alice.line() == "JOIN carol"
+    finally:
+        late.stop()
+
+
+
+@pytest.mark.once
+def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
+    results = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "cluster-latency",
+                           "--json", str(results)], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cases = json.loads(results.read_text())["scenarios"]["cluster-latency"]["cases"]
+    [single] = [case for name, case in cases.items() if not name.startswith("2 servers")]
+    [cluster] = [case for name, case in cases.items() if name.startswith("2 servers")]
+    for case in (single, cluster):
+        assert case["median"]["lost"] == 0 and case["median"]["delivered"] > 0
+    assert cluster["median"]["redis_rss_kb"] > 0 and "redis_cpu_pct" in cluster["median"]
+    assert cluster["median"]["p99_ratio_to_single"] > 0
+
+
+@pytest.mark.once
+def test_the_whole_kit_passes_against_a_cluster_of_three(engine, servers):
+    third = Server(engine)
+    try:
+        addresses = ",".join("{}:{}".format(*server.address) for server in servers + [third])
+        done = subprocess.run([sys.executable, "-m", "conformance", addresses],
+                              cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        third.stop()
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "cluster-one-order" in done.stdout and ", 0 fail," in done.stdout
