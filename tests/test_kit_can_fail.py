@@ -38,12 +38,6 @@ from conformance.spec import load_spec
 from tests.broken_servers import FAKES, SERVERS, FakeServer, SplitWritesServer, expected_failures
 from tests.conftest import DEADLINE
 
-#: Its first test starts every kit run (a pool of them): with pytest-xdist the
-#: whole module stays on one worker (`--dist loadgroup`, tox's `once`), or
-#: every worker would start every run. (A marker added by a conftest hook
-#: comes too late for xdist's grouping: it has to be here.)
-pytestmark = pytest.mark.xdist_group("kit-can-fail")
-
 REPO = Path(__file__).resolve().parent.parent
 #: Kit processes running at once. A run is mostly waiting for timers (about 28 s,
 #: 26 of them in the six timer cases, under one second of CPU), but each also
@@ -193,10 +187,13 @@ def test_every_broken_server_says_what_it_breaks():
 def test_thirty_broken_servers_break_every_section_of_the_spec():
     """A case that stops catching its break fails CI only if some server breaks it: so at
     least one server breaks a requirement of each area of SPEC.md. (SEC's MUST, [SEC-2],
-    is [MSG-1] and [FRAME-8] seen from the user's side: nfc-msg fails it with MSG-1.)"""
+    is [MSG-1] and [FRAME-8] seen from the user's side: nfc-msg fails it with MSG-1.
+    CLUSTER: every server here is one reference server; a cluster's own failures are
+    made and checked by tests/test_cluster.py, and its kit cases restate ORDER, NAME and
+    USERS across servers, which servers here break.)"""
     broken = [server for server in SERVERS.values() if server.breaks]
     assert len(broken) >= 30
-    areas = {rid.rsplit("-", 1)[0] for rid in load_spec().requirements} - {"SEC"}
+    areas = {rid.rsplit("-", 1)[0] for rid in load_spec().requirements} - {"SEC", "CLUSTER"}
     assert areas <= {rid.rsplit("-", 1)[0] for server in broken for rid in server.breaks}
 
 
