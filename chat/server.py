@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import fcntl
 import ipaddress
 import logging
@@ -586,6 +587,11 @@ class ChatServer:
                  limits: Limits = DEFAULT_LIMITS, *, tls_context: ssl.SSLContext | None = None,
                  tls_port: int = 0, backplane: str | None = None,
                  lease: float | None = None) -> None:
+        if backplane is not None and limits.file_max:
+            # Each server relays its own users' data connections, and a
+            # cluster's room has no file sharing across servers yet: one of a
+            # cluster offers none (HELLO file-max=0, SPEC.md 11b).
+            limits = dataclasses.replace(limits, file_max=0)
         self.limits = limits
         #: (listening socket, TLS context or None) for each listener.
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []

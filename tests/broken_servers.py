@@ -1189,6 +1189,16 @@ SERVERS.update({
 })
 
 
+# -- what the cluster cases add (conformance/cases_cluster.py, SPEC.md 11b) -------------------
+# They hold against one server too, so a single broken server that breaks what they
+# restate across servers fails them as well: cluster-one-order waits for every MSG in one
+# order (CLUSTER-2), cluster-name-race for the NAME_TAKEN of a name in another case.
+NoEchoServer.consequences |= {"CLUSTER-2"}            # cluster-one-order: no echo of the MSGs
+ReorderingServer.consequences |= {"CLUSTER-2"}        # cluster-one-order: MSGs out of order
+CaseSensitiveNamesServer.consequences |= {"CLUSTER-3"}  # cluster-name-race: both names taken
+CrlfServer.consequences |= {"CLUSTER-3"}              # cluster-name-race: its first JOIN ends in CR
+
+
 if __name__ == "__main__":
     from conformance.runner import exit_process
 
