@@ -39,6 +39,12 @@ NAME_LENGTH = 9
 #: cluster's, so the cases that check them keep their connections on one server.
 PER_SERVER = frozenset({"LIMIT-1", "LIMIT-2"})
 
+#: The most connections a background case (Case.background) opens to its
+#: target, data connections included (file-data-no-timers: two users and their
+#: two data connections). The runner lets as many background cases run at once
+#: as the target's max-per-address and max-clients leave room for.
+BACKGROUND_CONNECTIONS = 4
+
 
 @dataclasses.dataclass(frozen=True)
 class RoundTrips:
@@ -138,6 +144,11 @@ class Case:
     #: What the case checks, for people (a docstring or the transcript itself).
     doc: str = ""
     session: Session | None = None
+    #: True if the case spends its time waiting (for a timer, an expiry, a flood
+    #: rate), opens at most BACKGROUND_CONNECTIONS connections to the target and
+    #: skips other users' lines: on servers the kit started itself the runner runs
+    #: such cases side by side, one wait for them all (Runner.run).
+    background: bool = False
 
 
 # -- Python cases register themselves here --------------------------------------------------
@@ -146,7 +157,7 @@ PYTHON_CASES: list[Case] = []
 
 
 def python_case(name: str, *, covers: Iterable[str], quote: str | Iterable[str],
-                needs: Iterable[str] = (), open_room: bool = False):
+                needs: Iterable[str] = (), open_room: bool = False, background: bool = False):
     """Declare a Python case: `@python_case("flood-delay", covers=[...], quote=...)`."""
 
     def declare(function: Callable[[CaseContext], None]) -> Callable[[CaseContext], None]:
@@ -154,7 +165,7 @@ def python_case(name: str, *, covers: Iterable[str], quote: str | Iterable[str],
         source = f"{display_path(inspect.getsourcefile(function))}:{inspect.getsourcelines(function)[1]}"
         PYTHON_CASES.append(Case(name=name, covers=tuple(covers), needs=tuple(needs), quotes=quotes,
                                  source=source, run=function, kind="python", open_room=open_room,
-                                 doc=inspect.getdoc(function) or ""))
+                                 doc=inspect.getdoc(function) or "", background=background))
         return function
 
     return declare
@@ -230,15 +241,26 @@ class CaseContext:
             return self._names[alias]
 
     def is_outsider(self, text: str) -> bool:
-        """A JOIN, LEAVE, MSG, NICK or ACT of a name this case did not make.
+        """A line about other people: a JOIN, LEAVE, MSG, NICK, ACT, ENDED or ACCEPTED
+        of a name this case did not make, or a PM or OFFER whose sender and
+        recipient are both such names.
 
-        Only a well-formed name can be somebody else's: `JOIN alice<CR>` (a CR LF
-        server) is a malformed line about nobody, and the case must see it
-        rather than skip it and report a timeout.
+        The case cannot know whether another user meant it (a PM from somebody
+        on a live server) or the server sent it wrongly; the cases that check
+        where such lines go ([PM-1], [FILE-14]) have bystanders of their own,
+        whose names the case made. Only a well-formed name can be somebody
+        else's: `JOIN alice<CR>` (a CR LF server) is a malformed line about
+        nobody, and the case must see it rather than skip it and report a timeout.
         """
-        fields = text.split(" ", 2)
-        return (fields[0] in ("JOIN", "LEAVE", "MSG", "NICK", "ACT") and len(fields) > 1
-                and is_valid_name(fields[1]) and fields[1].lower() not in self._case_names)
+        fields = text.split(" ", 3)
+        if fields[0] in ("JOIN", "LEAVE", "MSG", "NICK", "ACT", "ENDED", "ACCEPTED"):
+            return len(fields) > 1 and self._is_other(fields[1])
+        if fields[0] in ("PM", "OFFER"):
+            return len(fields) > 2 and self._is_other(fields[1]) and self._is_other(fields[2])
+        return False
+
+    def _is_other(self, name: str) -> bool:
+        return is_valid_name(name) and name.lower() not in self._case_names
 
     # -- connections ------------------------------------------------------------------------
 

@@ -683,7 +683,8 @@ def _timer(ctx: CaseContext, parameter: str) -> int:
     return value
 
 
-@python_case("register-timeout", covers=["KEEP-3", "KEEP-4", "ERR-2", "STATE-2"], needs=["register-timeout"],
+@python_case("register-timeout", background=True,
+             covers=["KEEP-3", "KEEP-4", "ERR-2", "STATE-2"], needs=["register-timeout"],
              quote=[
     "a client that has not registered within `register-timeout` seconds of connecting MUST be sent "
     "`ERR REGISTRATION_TIMEOUT` and closed.",
@@ -753,7 +754,8 @@ def register_timeout(ctx: CaseContext) -> None:
     ctx.run_parallel([wait_for_timeout, stay], timeout=timeout + ctx.timeout + 10)
 
 
-@python_case("ping-timeout", covers=["KEEP-2", "KEEP-4", "LEAVE-3", "ERR-2"], needs=["ping-interval"], quote=[
+@python_case("ping-timeout", background=True,
+             covers=["KEEP-2", "KEEP-4", "LEAVE-3", "ERR-2"], needs=["ping-interval"], quote=[
     "when nothing has been received from a client for `ping-interval` seconds the server MUST send it "
     "`PING <token>`; if nothing is then received for `ping-timeout` more seconds, the server MUST send "
     "`ERR PING_TIMEOUT`, close the connection, and (if it was registered) send `LEAVE <name> timeout` to "
@@ -795,7 +797,8 @@ def ping_timeout(ctx: CaseContext) -> None:
     ctx.run_parallel([go_silent, watch], timeout=interval + answer_within + ctx.timeout + 10)
 
 
-@python_case("keepalive-answered", covers=["PING-3", "PING-1", "KEEP-1"], needs=["ping-interval"], quote=[
+@python_case("keepalive-answered", background=True,
+             covers=["PING-3", "PING-1", "KEEP-1"], needs=["ping-interval"], quote=[
     "A `PONG <token>` from a client MUST get no reply; it only shows the client is alive ([KEEP-1]).",
     "The server MUST take any complete line received from a client (a PONG included) as a sign that "
     "the client is alive.",

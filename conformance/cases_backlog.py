@@ -97,7 +97,7 @@ def excess_flood(ctx: CaseContext) -> None:
     bob.quiet(ids=("LIMIT-8",))
 
 
-@python_case("paste-arrives-in-full", covers=["LIMIT-8", "LIMIT-4", "ORDER-5"],
+@python_case("paste-arrives-in-full", background=True, covers=["LIMIT-8", "LIMIT-4", "ORDER-5"],
              needs=["flood-rate", "inbound-max"], quote=[
     "A client that sends at most `flood-burst + inbound-max` lines at once, its allowance full, loses none "
     "of them: they arrive at `flood-rate`.",

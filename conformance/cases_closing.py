@@ -112,7 +112,7 @@ def close_with_unread_input(ctx: CaseContext) -> None:
         alice.expect_closed(ids=("STATE-3",))
 
 
-@python_case("slow-consumer-error-whole", covers=["LIMIT-13"], quote=[
+@python_case("slow-consumer-error-whole", background=True, covers=["LIMIT-13"], quote=[
     "`ERR SLOW_CONSUMER` ([LIMIT-6]) MUST start at a line boundary: the server sends it only where a "
     "complete line ended, never after part of one.",
 ])

@@ -446,7 +446,8 @@ def file_limits(ctx: CaseContext) -> None:
     last.quiet()
 
 
-@python_case("file-expiry", covers=["FILE-12", "FILE-11"], needs=["file-max", "file-expiry"], quote=[
+@python_case("file-expiry", background=True,
+             covers=["FILE-12", "FILE-11"], needs=["file-max", "file-expiry"], quote=[
     "A transfer MUST end with reason `expired` when, `file-expiry` seconds after its OFFER, it is not "
     "accepted;",
     "It MUST NOT expire earlier ([KEEP-4] applies).",
@@ -472,7 +473,8 @@ def file_expiry(ctx: CaseContext) -> None:
     alice.expect_error("OFFER_EXPIRED", ids=("FILE-12",))
 
 
-@python_case("file-data-no-timers", covers=["FILE-21"], needs=["file-max", "file-expiry", "register-timeout"],
+@python_case("file-data-no-timers", background=True,
+             covers=["FILE-21"], needs=["file-max", "file-expiry", "register-timeout"],
              quote=[
     "Once its DATA line is accepted, a data connection MUST NOT be sent a keepalive PING nor be timed out "
     "by [KEEP-2] or [KEEP-3]",

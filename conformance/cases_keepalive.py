@@ -39,7 +39,7 @@ def _finish_alive(peer: Peer, requirement: str) -> None:
     peer.barrier(ids=(requirement,))
 
 
-@python_case("signs-of-life", covers=["FRAME-12", "KEEP-5"], needs=["ping-interval"], quote=[
+@python_case("signs-of-life", background=True, covers=["FRAME-12", "KEEP-5"], needs=["ping-interval"], quote=[
     "An empty line is still a line received: it MUST count towards [LIMIT-4] (as [LIMIT-5] says) and "
     "MUST count as a sign of life for [KEEP-1].",
     "bytes of a line not yet ended MUST NOT count as a sign of life, for the PING or for the timeout.",
@@ -99,7 +99,7 @@ def signs_of_life(ctx: CaseContext) -> None:
     ctx.run_parallel([empty_lines, half_a_line], timeout=interval + answer_within + ctx.timeout * 2 + 5)
 
 
-@python_case("ping-timeout-zero", covers=["KEEP-6"], quote=[
+@python_case("ping-timeout-zero", background=True, covers=["KEEP-6"], quote=[
     "With `ping-interval` > 0 and `ping-timeout` = 0, the server MUST send the PING of [KEEP-2] and "
     "MUST NOT close a connection for not answering it",
 ])

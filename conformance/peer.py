@@ -14,8 +14,9 @@ A Peer is the kit's only socket code. It
   in `violations` for the runner, whatever the case itself was checking;
 - hands the case only *relevant* lines: a server PING is answered with PONG
   and skipped ([PING-4]) unless the peer is in manual keepalive mode, and a
-  JOIN, LEAVE or MSG of a name the case did not make is skipped, so cases can
-  run on a live server with other people on it;
+  line about other people (a JOIN, LEAVE or MSG of a name the case did not
+  make, a PM between two such names: CaseContext.is_outsider) is skipped, so
+  cases can run on a live server with other people on it, and beside each other;
 - turns "nothing came" and "the server closed" into first-class outcomes
   (TimedOut, Closed) instead of exceptions, and the expect_* helpers turn a
   wrong outcome into CheckFailed with Expected / Actual.

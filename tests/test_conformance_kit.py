@@ -12,6 +12,7 @@ fake servers wake on socket events and stop when told.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -29,12 +30,14 @@ import pytest
 
 from chat.limits import Limits
 from chat.server import ChatServer
-from conformance.case import Case, Target
+from conformance.case import BACKGROUND_CONNECTIONS, Case, Target
+from conformance.grammar import parse_hello
 from conformance.outcome import CheckFailed
 from conformance.report import FAIL, NOT_APPLICABLE, PASS, WARN, format_failure
 from conformance.runner import Runner, all_cases, main
 from conformance.selfhost import SELF_HOSTED_LIMITS, TIMERS_ROOM_LIMITS, SelfHostedServers
 from conformance.spec import load_spec
+from tests.conftest import DEADLINE
 
 SPEC = load_spec()
 CASES = all_cases(SPEC)
@@ -68,6 +71,12 @@ def make_runner(servers: SelfHostedServers, **options) -> Runner:
 @pytest.mark.parametrize("case", PLAIN_CASES, ids=[case.name for case in PLAIN_CASES])
 def test_case_passes_on_the_reference_server(servers, case):
     result = make_runner(servers).run_case(case)
+    if case.background:
+        # The runner runs background cases side by side, counting on this bound.
+        target = "{}:{}".format(*result.target.address)
+        opened = [entry for entry in result.transcript.entries
+                  if entry.kind == "connect" and entry.note.startswith(target)]
+        assert len(opened) <= BACKGROUND_CONNECTIONS, [entry.who for entry in opened]
     assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
 
 
@@ -147,6 +156,54 @@ def test_a_case_that_hangs_is_stopped_at_the_hard_cap(servers):
     assert result.verdict == FAIL
     assert "hard time cap" in result.failures[0].actual
     assert time.monotonic() - started < 10
+
+
+def _background_cases(count: int, body: Callable) -> list[Case]:
+    return [dataclasses.replace(_case(f"waits-{i}", ("PING-1",), body), background=True)
+            for i in range(count)]
+
+
+def test_background_cases_run_side_by_side_on_servers_the_kit_started(servers):
+    """Each waits at a barrier for all three: run one by one, none would get past it.
+    The results still come back in the order of the cases given."""
+    barrier = threading.Barrier(3, timeout=DEADLINE)
+
+    def wait_for_the_others(ctx):
+        ctx.register("alice")
+        barrier.wait()
+
+    cases = [_case("first", ("PING-1",), lambda ctx: None)] + _background_cases(3, wait_for_the_others)
+    results = make_runner(servers).run(cases)
+    assert [result.case.name for result in results] == ["first", "waits-0", "waits-1", "waits-2"]
+    assert [result.verdict for result in results] == [PASS] * 4, [r.failures for r in results]
+
+
+def test_background_cases_run_one_by_one_on_a_server_others_may_use(servers):
+    running, most = [], []
+    lock = threading.Lock()
+
+    def count(ctx):
+        with lock:
+            running.append(ctx.case.name)
+            most.append(len(running))
+        ctx.register("alice").quiet()
+        with lock:
+            running.remove(ctx.case.name)
+
+    runner = Runner(servers.targets()[:1], SPEC)  # not exclusive: like HOST:PORT
+    assert [result.verdict for result in runner.run(_background_cases(3, count))] == [PASS] * 3
+    assert max(most) == 1
+
+
+@pytest.mark.parametrize(("hello", "slots"), [
+    ("HELLO chat/1 max-clients=48 max-per-address=40", 40 // BACKGROUND_CONNECTIONS),
+    ("HELLO chat/1 max-clients=10 max-per-address=0", 10 // BACKGROUND_CONNECTIONS),
+    ("HELLO chat/1 max-clients=2 max-per-address=1", 1),
+    ("HELLO chat/1 max-clients=0 max-per-address=0", 1),
+])
+def test_background_cases_at_once_leave_room_under_the_connection_limits(hello, slots):
+    runner = Runner([Target("server", "127.0.0.1", 1, hello=parse_hello(hello))], SPEC)
+    assert runner.background_slots() == slots
 
 
 def test_a_should_not_met_is_a_warning_unless_strict(servers):

@@ -40,6 +40,9 @@ from tests.conftest import DEADLINE
 
 SPEC = load_spec()
 PLAIN_CASES = [case for case in all_cases(SPEC) if "tls" not in case.needs]
+#: Run one by one (ThroughTheProxy), and side by side as the kit runs them (TestSideBySide).
+ONE_BY_ONE = [case for case in PLAIN_CASES if not case.background]
+SIDE_BY_SIDE = [case for case in PLAIN_CASES if case.background]
 REPO = Path(__file__).resolve().parent.parent
 #: Each piece of every chunk waits up to this long, in both directions (a chunk is cut
 #: into up to 3 pieces, so a line can take 90 ms each way): a slow, jittery network.
@@ -120,20 +123,67 @@ def proxied():
                 assert code == 0, errors
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("case", PLAIN_CASES, ids=[case.name for case in PLAIN_CASES])
-def test_case_passes_through_the_proxy(proxied, case):
+class ThroughTheProxy:
     """The whole kit, case by case, through 30 ms of jitter each way: every case passes.
 
     No verdict but pass is tolerated, not even inconclusive: the kit's waits come from
     the advertised limits and the round trip it measured, and nothing this network
     does is something the kit could mistake for the server (the proxy keeps every
-    byte, in order; its buffers are far below what slow-reader may assume)."""
+    byte, in order; its buffers are far below what slow-reader may assume).
+
+    The cases are shared out over the classes below (pytest_generate_tests): tox's
+    `once` env runs with `--dist loadscope`, which may give each class to another
+    worker, with servers and proxies of its own; most of a case is waiting for
+    the network, so they overlap well."""
+
+    cases: list
+
+    @pytest.mark.timeout(90)
+    def test_case_passes_through_the_proxy(self, proxied, case):
+        targets, private_servers = proxied
+        runner = Runner(targets, SPEC, private_servers=private_servers, exclusive=True)
+        assert runner.probe() is None
+        result = runner.run_case(case)
+        assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
+
+
+class TestFirstQuarter(ThroughTheProxy):
+    cases = ONE_BY_ONE[0::4]
+
+
+class TestSecondQuarter(ThroughTheProxy):
+    cases = ONE_BY_ONE[1::4]
+
+
+class TestThirdQuarter(ThroughTheProxy):
+    cases = ONE_BY_ONE[2::4]
+
+
+class TestFourthQuarter(ThroughTheProxy):
+    cases = ONE_BY_ONE[3::4]
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.cls is not None and issubclass(metafunc.cls, ThroughTheProxy):
+        metafunc.parametrize("case", metafunc.cls.cases, ids=[case.name for case in metafunc.cls.cases])
+    elif "background_case" in metafunc.fixturenames:
+        metafunc.parametrize("background_case", SIDE_BY_SIDE, ids=[case.name for case in SIDE_BY_SIDE])
+
+
+@pytest.fixture(scope="module")
+def side_by_side(proxied):
+    """The background cases (timers, expiry, flood rates) as the kit runs them on
+    servers it started: all at once (Runner.run), one wait for them all."""
     targets, private_servers = proxied
     runner = Runner(targets, SPEC, private_servers=private_servers, exclusive=True)
     assert runner.probe() is None
-    result = runner.run_case(case)
-    assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
+    return {result.case.name: result for result in runner.run(SIDE_BY_SIDE)}
+
+
+class TestSideBySide:
+    def test_case_passes_through_the_proxy(self, side_by_side, background_case):
+        result = side_by_side[background_case.name]
+        assert result.verdict == PASS, format_failure(result, SPEC) if result.failures else result.reason
 
 
 def test_the_proxy_really_cuts_the_servers_lines():
