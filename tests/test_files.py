@@ -14,7 +14,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -38,13 +37,6 @@ FILE_LIMITS = dataclasses.replace(TEST_LIMITS, file_max=64 * 1024 * 1024, file_p
 
 def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {DEADLINE} s: {what}"
-        time.sleep(0.01)  # polling the process's own state, not waiting for the server
 
 
 class Party:
@@ -148,10 +140,10 @@ def test_a_file_reaches_its_recipient_checked_and_only_then_under_its_name(file_
     assert (downloads / "holiday photo.jpg").read_bytes() == source.read_bytes()
     assert os.listdir(downloads) == ["holiday photo.jpg"]  # no temporary file left
     assert carol.chat.barrier() == []  # carol saw nothing of it
-    wait_for(lambda: open_descriptors() <= baseline, "the data connections' sockets closed")
     # The operator's log says a file went from whom to whom, and never which file.
     # Nobody else disconnects in this test: the two ends logged are the data connections'.
     ends = log_records.wait_for("disconnect", count=2)
+    assert open_descriptors() <= baseline  # a data connection is logged once its socket is closed
     assert [record.fields["reason"] for record in ends] == ["relayed", "relayed"]
     assert [record.fields["outcome"] for record in log_records.events("relay")] == ["ok"]
     assert not any("holiday" in record.getMessage() for record in list(log_records.records))
@@ -160,7 +152,7 @@ def test_a_file_reaches_its_recipient_checked_and_only_then_under_its_name(file_
 @pytest.mark.parametrize("how", ["close", "reset"])
 @pytest.mark.parametrize("who", ["sender", "recipient"])
 def test_a_data_connection_that_stops_mid_way_aborts_the_transfer_for_both(
-        file_server, parties, tmp_path, who, how):
+        file_server, parties, tmp_path, who, how, log_records):
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(32 * 1024 * 1024))
     alice, bob = parties("alice"), parties("bob")
@@ -212,7 +204,8 @@ def test_a_data_connection_that_stops_mid_way_aborts_the_transfer_for_both(
     assert incoming.size < receiving.size
     incoming.discard()
     assert os.listdir(tmp_path) == ["big.bin"]
-    wait_for(lambda: open_descriptors() <= baseline, "the data connections' sockets closed")
+    log_records.wait_for("disconnect", count=2)  # logged once each data connection's socket is closed
+    assert open_descriptors() <= baseline
 
 
 def test_a_wrong_hash_is_caught_by_the_recipient_and_both_are_told(file_server, parties, tmp_path):
