@@ -57,9 +57,9 @@ class DataLink:
     bytes are the file's, not lines, and must not be judged as server lines.
     """
 
-    def __init__(self, ctx: CaseContext, alias: str) -> None:
+    def __init__(self, ctx: CaseContext, alias: str, address: tuple[str, int] | None = None) -> None:
         self.ctx = ctx
-        self.peer: Peer = ctx.peer(alias)
+        self.peer: Peer = ctx.peer(alias, address=address)
         self.peer.expect_match(r"HELLO chat/1 .*", ids=("HELLO-1", "FILE-15"))
         self.sock = self.peer._sock
         if isinstance(self.sock, ssl.SSLSocket):
@@ -179,11 +179,12 @@ def accept(alice: Peer, bob: Peer, tid: str) -> tuple[str, str]:
 
 
 def open_links(ctx: CaseContext, alice: Peer, bob: Peer, tid: str, size: int,
-               tokens: tuple[str, str]) -> tuple[DataLink, DataLink]:
-    """Both data connections, the sender's first; both get READY ([FILE-15])."""
-    sending = DataLink(ctx, "alice-data")
+               tokens: tuple[str, str], address: tuple[str, int] | None = None) -> tuple[DataLink, DataLink]:
+    """Both data connections (to `address`, a private server's, if given), the sender's
+    first; both get READY ([FILE-15])."""
+    sending = DataLink(ctx, "alice-data", address)
     sending.present(tokens[0])
-    receiving = DataLink(ctx, "bob-data")
+    receiving = DataLink(ctx, "bob-data", address)
     receiving.present(tokens[1])
     receiving.expect_ready(alice.name, tid, size, ids=("FILE-15",))
     sending.expect_ready(alice.name, tid, size, ids=("FILE-15",))
@@ -510,6 +511,40 @@ def file_data_no_timers(ctx: CaseContext) -> None:
         raise ctx.fail("b'hello', then an orderly end", f"{got[:20]!r}, then {how}", ids=["FILE-15"])
     bob.send_line(f"RECEIVED {alice.name} d1 ok")
     expect_ended(alice, bob, "d1", "done", ids=("FILE-18",))
+
+
+@python_case("file-data-not-counted", covers=["FILE-21"], needs=["file-max"], quote=[
+    "stops counting against `max-clients` and `max-per-address` ([LIMIT-1], [LIMIT-2]); `file-per-server` "
+    "bounds the data connections instead.",
+])
+def file_data_not_counted(ctx: CaseContext) -> None:
+    """On a server of its own with max-clients = max-per-address = 4, alice and
+    bob register and open the data connections of a transfer: four connections,
+    all let in. Once both have READY (so the server has taken both DATA lines),
+    only the two chat connections count: carol's connection is the third, and
+    is greeted with HELLO, not SERVER_FULL or TOO_MANY_CONNECTIONS. Then the
+    transfer completes. (Needs a server the kit starts: on a shared server the
+    limits cannot be reached on purpose.)"""
+    limit = 4
+    server = ctx.start_private_server(max_clients=limit, max_per_address=limit)
+    alice = ctx.register("alice", peer=ctx.peer("alice", address=server.address))
+    bob = ctx.register("bob", peer=ctx.peer("bob", address=server.address))
+    alice.expect_line(f"JOIN {bob.name}")
+    data = b"four connections, two counted"
+    offer(alice, bob, "c1", data)
+    tokens = accept(alice, bob, "c1")
+    sending, receiving = open_links(ctx, alice, bob, "c1", len(data), tokens, address=server.address)
+    carol = ctx.peer("carol", address=server.address)
+    event = carol.next_event()
+    if not (isinstance(event, Line) and event.text.startswith("HELLO ")):
+        raise carol.fail(f"HELLO: two chat connections count against max-clients={limit} and "
+                         f"max-per-address={limit}, the two data connections no longer do", event,
+                         ids=("FILE-21",))
+    got, how = send_through(sending, receiving, data)
+    if got != data or how != "EOF":
+        raise ctx.fail(f"{data!r}, then an orderly end", f"{got[:40]!r}, then {how}", ids=["FILE-15"])
+    bob.send_line(f"RECEIVED {alice.name} c1 ok")
+    expect_ended(alice, bob, "c1", "done", ids=("FILE-18",))
 
 
 # -- the chat goes on; the window is fixed ---------------------------------------------------------

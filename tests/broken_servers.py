@@ -1167,6 +1167,41 @@ class OversizePassesServer(BrokenServer):
         self._files = OversizePassesRelay(self._relay_finished, float(self.limits.file_expiry or 1))
 
 
+class DataConnectionsCountRoom(ChatRoom):
+    def __init__(self, limits):
+        super().__init__(limits)
+        self.data_sessions: set[Session] = set()
+
+    def _data(self, session, command):
+        actions = super()._data(session, command)
+        self.data_sessions.add(session)
+        return actions
+
+    def release(self, session):
+        if session in self.data_sessions:
+            return  # the break: the slot stays taken while the relay runs
+        super().release(session)
+
+    def release_data_connection(self, session):
+        self.data_sessions.discard(session)
+        super().release(session)
+
+
+class DataConnectionsCountServer(BrokenServer):
+    """Breaks [FILE-21]: a data connection keeps its place under max-clients and
+    max-per-address until its relay ends, instead of from its DATA line on."""
+
+    room_class = DataConnectionsCountRoom
+    breaks = frozenset({"FILE-21"})
+
+    def _serve_data_connection(self, connection):
+        try:
+            super()._serve_data_connection(connection)
+        finally:
+            with self._lock:
+                self._room.release_data_connection(connection.session)
+
+
 # What the file-sharing cases add to the older servers' failures (kept here, so that the
 # catalogue above stays as its authors wrote it):
 # - no-echo-to-sender: file-window-and-chat waits for alice's own MSG during a transfer.
@@ -1186,6 +1221,7 @@ SERVERS.update({
     "files-reusable-token": ReusableTokenServer,
     "files-whole-file": WholeFileServer,
     "files-oversize-passes": OversizePassesServer,
+    "files-data-connections-count": DataConnectionsCountServer,
 })
 
 

@@ -46,7 +46,7 @@ PLAIN_CASES = [case for case in CASES if "tls" not in case.needs]
 REPO = Path(__file__).resolve().parent.parent
 #: Cases that run on a server of their own (ctx.start_private_server), which only a
 #: self-hosted run (or a run that may start servers) provides.
-PRIVATE_SERVER_CASES = {"shutdown", "both-connection-limits", "ping-timeout-zero",
+PRIVATE_SERVER_CASES = {"shutdown", "both-connection-limits", "ping-timeout-zero", "file-data-not-counted",
                         "slow-consumer-error-whole", "optional-commands-not-advertised"}
 
 

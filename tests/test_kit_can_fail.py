@@ -1,7 +1,7 @@
 """The conformance kit fails exactly what a broken server breaks.
 
 tests/broken_servers.py has the reference server with one rule of SPEC.md
-broken in each of thirty-odd ways, every section of SPEC.md among them, and
+broken in each of forty-odd ways, every section of SPEC.md among them, and
 next to each the requirement IDs the kit must report as failed. Here the
 whole kit runs against each one, with every case applying (the self-hosted
 run: open room, password room, private servers, selfhost.py's limits), and
