@@ -302,6 +302,50 @@ def test_a_heartbeat_carries_the_lease(rooms):
     assert one.heartbeat() == Entry("one", 0, 0, "alive", (str(LEASE_MS),))
 
 
+# -- [CLUSTER-9], [CLUSTER-10]: snapshots, so that the log can be trimmed --------------
+
+
+def test_a_server_started_from_a_snapshot_holds_the_room_as_the_others_do(rooms):
+    one, two, log = rooms
+    register(one, log, "alice")
+    bob = register(two, log, "bob")
+    log.take(two.handle(bob, b"NICK Bobby", 0.0))
+    heartbeat(log, two)
+    log.run()
+    log.now_ms += 400
+    heartbeat(log, one)
+    log.run()
+    three = ClusterRoom(NO_TIMERS, "three", lease=LEASE_MS / 1000)
+    assert three.restore(one.snapshot(), fresh=True) == []
+    assert three.snapshot() == one.snapshot() == two.snapshot()
+    log.rooms += (three,)
+    log.seen[three] = []
+    carol = register(three, log, "carol")
+    assert log.take(three.handle(carol, b"USERS", 0.0)) == []
+    out = log.run()
+    assert [a.line for a in out[three] if isinstance(a, Send)] == \
+        [b"NAMES alice Bobby carol\n", b"ENDNAMES 3\n"]
+    # The leases came with it: a server silent since goes at the same entry everywhere.
+    for _ in range(LEASE_MS // 400 + 1):
+        log.now_ms += 400
+        heartbeat(log, two)
+        heartbeat(log, three)
+    out = log.run()
+    assert broadcasts(out[three]) == broadcasts(out[two]) == [b"LEAVE alice timeout\n"]
+    assert three.gone == two.gone == {"one"}
+
+
+def test_a_server_trimmed_past_closes_its_clients_and_takes_the_room_from_a_snapshot(rooms):
+    one, two, log = rooms
+    alice = register(one, log, "alice")
+    register(two, log, "bob")
+    state = two.snapshot()
+    down = protocol.format_error(ErrorCode.BACKPLANE_DOWN, "this server lost the room's log: connect again")
+    assert one.restore(state, fresh=False) == [Unregister(alice), Broadcast(b"LEAVE alice timeout\n"),
+                                               Send(alice, down), Close(alice)]
+    assert one.server_id == "one-b" and one.snapshot() == state
+
+
 # -- [CLUSTER-6]: the log is unreachable -------------------------------------------------
 
 
