@@ -415,3 +415,22 @@ def test_a_slow_server_holds_the_trim_back_and_misses_nothing(engine, clients):
     finally:
         fast.stop()
         slow.stop()
+
+
+def test_the_pytest_plugin_spreads_a_cases_clients_over_a_clusters_servers(servers, tmp_path):
+    # conformance/plugin.py's --server takes a cluster as `python -m conformance` does.
+    repo = Path(__file__).resolve().parent.parent
+    environment = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def plugin(addresses: list[tuple[str, int]]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "conformance.plugin", "-p", "no:cacheprovider", "-q",
+             "--rootdir", str(tmp_path), "--conformance-timeout", "3", "-k", "cluster-one-order",
+             "--server", ",".join("{}:{}".format(*address) for address in addresses)],
+            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=240)
+
+    finished = plugin([server.address for server in servers])
+    assert finished.returncode == 0 and "1 passed" in finished.stdout, finished.stdout + finished.stderr
+    # Its second server taken away, the case fails: its clients did go to it.
+    finished = plugin([servers[0].address, ("127.0.0.1", free_port())])
+    assert finished.returncode == 1 and "1 failed" in finished.stdout, finished.stdout + finished.stderr
