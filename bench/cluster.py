@@ -12,17 +12,27 @@ with `--backplane`, one pinned to each CPU; half the clients on each, the
 senders alternating between them; the same fixed-rate run. Reported beside
 the latency: each process's CPU (percent of one core) and resident memory,
 Redis's included, and the cluster's p99 as a ratio to the single server's.
+
+`--scenario cluster-connections`: idle registered clients held by two
+servers (the issue's 20,000: 10,000 on each), the room set up as above (every
+JOIN on every client, then a PING barrier); reported: the time that took,
+each server's and Redis's resident memory and CPU seconds, and the
+generator's. The generator holds every client's socket, so it needs an
+open-file limit above 20,000 (bench raises it when it may: root, or
+`ulimit -n`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from bench.net import EventLoop, open_clients
 from bench.scenarios import (
@@ -140,21 +150,38 @@ class ClusterRoom(Room):
             client.counting = counting[id(client)]
 
 
+@contextlib.contextmanager
+def two_servers(settings: Settings,
+                max_clients: int) -> Iterator[tuple[Redis, list[ReferenceServer], list[Room]]]:
+    """A fresh Redis and two servers on it, one per CPU when pinning; the
+    rooms the caller adds to the list are closed after the servers stop,
+    and Redis last."""
+    cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
+    redis = Redis()
+    servers: list[ReferenceServer] = []
+    rooms: list[Room] = []
+    try:
+        for index in range(2):
+            servers.append(ReferenceServer(
+                ["--max-clients", str(max_clients + 16), "--backplane", redis.url] + REFERENCE_SERVER_FLAGS,
+                cpus={cpus[(index + 1) % len(cpus)]} if settings.server_cpus else None))
+        yield redis, servers, rooms
+    finally:
+        for server in servers:
+            server.stop()
+        for room in rooms:
+            room.close()
+        redis.stop()
+
+
 def on_cluster(settings: Settings, clients_count: int,
                measure: Callable[[ReferenceServer, ClusterRoom], dict]) -> dict:
     """Start Redis and two servers, fill a room over both, and run `measure`
     (which measures the first server's CPU); adds the second server's and
     Redis's CPU and everyone's memory. Stops everything it started."""
-    cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
-    redis = Redis()
-    servers: list[ReferenceServer] = []
-    room = None
-    try:
-        for index in range(2):
-            servers.append(ReferenceServer(
-                ["--max-clients", str(clients_count + 16), "--backplane", redis.url] + REFERENCE_SERVER_FLAGS,
-                cpus={cpus[(index + 1) % len(cpus)]} if settings.server_cpus else None))
+    with two_servers(settings, clients_count) as (redis, servers, rooms):
         room = ClusterRoom(settings, servers, clients_count)
+        rooms.append(room)
         pids = {"server_b": servers[1].pid, "redis": redis.pid}
         started = time.monotonic()
         before = {key: read_cpu_seconds(pid) for key, pid in pids.items()}
@@ -166,12 +193,6 @@ def on_cluster(settings: Settings, clients_count: int,
             metrics["other_cpu_pct"] = max(0.0, metrics["other_cpu_pct"] - sum(cpu.values()))
         return {**metrics, **cpu, "server_rss_kb": read_rss_kb(servers[0].pid),
                 "server_b_rss_kb": read_rss_kb(servers[1].pid), "redis_rss_kb": read_rss_kb(redis.pid)}
-    finally:
-        for server in servers:
-            server.stop()
-        if room is not None:
-            room.close()
-        redis.stop()
 
 
 def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> list[Case]:
@@ -217,5 +238,30 @@ def scenario_cluster_fanout(settings: Settings) -> list[Case]:
     return cases
 
 
+def scenario_cluster_connections(settings: Settings) -> list[Case]:
+    """settings.cluster_clients idle registered clients, half on each of two servers."""
+    total = settings.cluster_clients
+    # The room's set-up is the JOIN storm: N^2/2 lines for N clients.
+    settings = dataclasses.replace(settings, setup_timeout_s=settings.step_timeout_s)
+    with two_servers(settings, total // 2) as (redis, servers, rooms):
+        pids = {"server": servers[0].pid, "server_b": servers[1].pid, "redis": redis.pid}
+        rss_base = {key: read_rss_kb(pid) or 0 for key, pid in pids.items()}
+        cpu_before = {key: read_cpu_seconds(pid) or 0.0 for key, pid in pids.items()}
+        own_before = time.process_time()
+        started = time.monotonic()
+        rooms.append(ClusterRoom(settings, servers, total))
+        row: dict = {"clients": total, "held": sum(not client.closed for client in rooms[0].clients),
+                     "setup_s": time.monotonic() - started, "gen_cpu_s": time.process_time() - own_before}
+        for server in servers:
+            server.check_alive()
+        for key, pid in pids.items():
+            row[f"{key}_cpu_s"] = (read_cpu_seconds(pid) or 0.0) - cpu_before[key]
+            row[f"{key}_rss_kb"] = read_rss_kb(pid)
+        for key in ("server", "server_b"):
+            row[f"{key}_rss_per_conn_kb"] = (row[f"{key}_rss_kb"] - rss_base[key]) / (total / 2)
+        return [(f"2 servers + Redis: {total} idle clients", row)]
+
+
 #: Scenarios run only when asked for by name (not in `all`).
-OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout}
+OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout,
+                    "cluster-connections": scenario_cluster_connections}

@@ -302,8 +302,9 @@ def test_a_new_server_learns_the_room_from_the_log(engine, servers, clients):
 def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
     results = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "cluster-latency",
-                           "--json", str(results)], cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True, timeout=300)
+                           "--scenario", "cluster-connections", "--json", str(results)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     cases = json.loads(results.read_text())["scenarios"]["cluster-latency"]["cases"]
     [single] = [case for name, case in cases.items() if not name.startswith("2 servers")]
@@ -312,6 +313,9 @@ def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
         assert case["median"]["lost"] == 0 and case["median"]["delivered"] > 0
     assert cluster["median"]["redis_rss_kb"] > 0 and "redis_cpu_pct" in cluster["median"]
     assert cluster["median"]["p99_ratio_to_single"] > 0
+    [idle] = json.loads(results.read_text())["scenarios"]["cluster-connections"]["cases"].values()
+    assert idle["median"]["held"] == idle["median"]["clients"] > 0
+    assert idle["median"]["server_b_rss_kb"] > 0 and idle["median"]["redis_rss_kb"] > 0
 
 
 @pytest.mark.once
