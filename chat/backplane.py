@@ -479,21 +479,30 @@ class Backplane:
                     gap = False
                     continue  # The server id may have changed: register that one too.
                 now = time.monotonic()
+                maintenance = []
                 if now >= trim_due:
                     # A snapshot every period while the room is busy, every
                     # lease when only heartbeats come: the stream keeps what
                     # came after the latest one.
                     snapshot = now >= snapshot_due or (changed and last_id != snapshot_id)
-                    self._maintain(connection, last_id, snapshot)
+                    maintenance = self._maintenance(last_id, snapshot)
                     trim_due = now + period
                     if snapshot:
                         snapshot_due, snapshot_id, changed = now + self._room.lease_ms / 1000, last_id, False
-                # The GET runs once the XREAD has returned: if nothing after
-                # last_id was trimmed by then, the XREAD missed nothing.
-                connection.send_commands([(b"XREAD", b"COUNT", b"%d" % READ_COUNT, b"BLOCK",
-                                           b"%d" % READ_BLOCK_MS, b"STREAMS", STREAM, last_id),
-                                          (b"GET", TRIMMED)],
-                                         timeout=REDIS_TIMEOUT + READ_BLOCK_MS / 1000)
+                # One pipeline, so that the maintenance costs no round trip of
+                # its own before the read. The GET runs once the XREAD has
+                # returned: if nothing after last_id was trimmed by then, the
+                # XREAD missed nothing.
+                connection.send_commands(maintenance + [
+                    (b"XREAD", b"COUNT", b"%d" % READ_COUNT, b"BLOCK", b"%d" % READ_BLOCK_MS,
+                     b"STREAMS", STREAM, last_id), (b"GET", TRIMMED)],
+                    timeout=REDIS_TIMEOUT + READ_BLOCK_MS / 1000)
+                for _ in maintenance:
+                    try:
+                        connection.reply()
+                    except RedisReplyError as error:
+                        logs.event(log, logging.WARNING, "backplane-trim-failed", url=self.url,
+                                   detail=str(error))
                 reply = connection.reply()
                 trimmed = connection.reply()
             except OSError as error:
@@ -556,21 +565,16 @@ class Backplane:
         self._registered.set()
         return last_id
 
-    def _maintain(self, connection: RedisConnection, last_id: bytes, snapshot: bool) -> None:
-        """[CLUSTER-9]: record this server's position, write a snapshot of the
-        room if it is time, and trim the stream to what every live server has
-        applied. The consumer's alone: it is the only thread that changes the
-        room's shared state, so the snapshot needs no lock."""
+    def _maintenance(self, last_id: bytes, snapshot: bool) -> list[tuple[bytes, ...]]:
+        """[CLUSTER-9]: the commands that record this server's position, write
+        a snapshot of the room if asked, and trim the stream to what every
+        live server has applied. The consumer's alone: it is the only thread
+        that changes the room's shared state, so the snapshot needs no lock."""
         commands = [(b"HSET", APPLIED, self._room.server_id.encode(), last_id)]
         if snapshot and last_id != b"0-0":
             commands.append(eval_command(SNAPSHOT_LUA, last_id, self._room.snapshot()))
         commands.append(eval_command(TRIM_LUA, *(server.encode() for server in sorted(self._room.gone))))
-        connection.send_commands(commands)
-        for _ in commands:
-            try:
-                connection.reply()
-            except RedisReplyError as error:
-                logs.event(log, logging.WARNING, "backplane-trim-failed", url=self.url, detail=str(error))
+        return commands
 
 
 def _field(fields: list[bytes], name: bytes) -> bytes:
