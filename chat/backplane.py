@@ -217,26 +217,29 @@ class Stream:
 
     MSG, ACT and PM of a registered client stream: the reader hands the next
     one to the log without waiting for the last to come back, since the log
-    keeps their order (up to STREAM_MAX of them). Any other line waits until
-    every entry before it is back, so that its reply, or the state it is
-    checked in (registered or not), follows them. The reader thread's alone.
+    keeps their order; at most STREAM_MAX are out at once, a sliding window:
+    the next waits for the oldest, not for all of them. Any other line waits
+    until every entry before it is back, so that its reply, or the state it
+    is checked in (registered or not), follows them. The reader thread's alone.
     """
 
     def __init__(self, backplane: Backplane, session) -> None:
         self._backplane = backplane
         self._session = session
-        #: The last entry of this connection not known to be back, and how many are out.
-        self._last: int | None = None
-        self._out = 0
+        #: This connection's entries not known to be back, oldest first. They
+        #: come back in this order, so one found back means all before it are.
+        self._out: collections.deque[int] = collections.deque()
 
     def before(self, item) -> None:
         """Before the reader hands `item` to the room: wait if it must."""
-        if self._last is None:
+        if not self._out:
             return
         with self._backplane._server._lock:
             streams = self._backplane._room.streamable(self._session, item)
-        if not streams or self._out >= STREAM_MAX:
+        if not streams:
             self._settle()
+        elif len(self._out) >= STREAM_MAX:
+            self._backplane.wait(self._out.popleft())
 
     def after(self) -> None:
         """After the room handled the line: note what went to the log, wait if it must."""
@@ -244,20 +247,18 @@ class Stream:
             entry = self._backplane._room.awaiting.pop(self._session, None)
         if entry is None:
             return
-        self._last = entry.seq
-        self._out += 1
+        self._out.append(entry.seq)
         if entry.kind not in cluster.STREAMED:
             self._settle()  # USER, USERS, NICK, LEAVE: the next line depends on them.
 
     def finish(self) -> None:
         """The connection ends: its lines handled so far come first ([FRAME-10])."""
-        if self._last is not None:
+        if self._out:
             self._settle()
 
     def _settle(self) -> None:
-        self._backplane.wait(self._last)
-        self._last = None
-        self._out = 0
+        self._backplane.wait(self._out[-1])
+        self._out.clear()
 
 
 class Backplane:

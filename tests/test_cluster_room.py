@@ -497,3 +497,27 @@ def test_a_refusal_waits_for_the_entries_of_that_client_before_it(rooms):
     for append in appends:
         plane.wait(append.entry.seq)  # All settled: no wait.
     assert plane._order == {} and plane._pending == {}
+
+
+def test_a_senders_entries_out_at_once_are_a_sliding_window(rooms):
+    # Stream: at STREAM_MAX out, the next MSG waits for the oldest only (the
+    # log gives them back in order), so a fast sender's pipeline stays full;
+    # a line that needs the room's state waits for all of them.
+    one, _, log = rooms
+    alice = register(one, log, "alice")
+    plane = backplane.Backplane("redis://127.0.0.1:1/0", RecordingServer(), one)
+    waited = []
+    plane.wait = waited.append
+    stream = plane.stream(alice)
+    seqs = []
+    for number in range(backplane.STREAM_MAX + 2):
+        line = b"MSG %d" % number
+        stream.before(line)
+        one.handle(alice, line, 1.0)
+        seqs.append(one.awaiting[alice].seq)
+        stream.after()
+    assert waited == seqs[:2]
+    stream.before(b"USERS")
+    assert waited == seqs[:2] + [seqs[-1]]
+    stream.finish()  # Nothing out any more: no wait.
+    assert waited == seqs[:2] + [seqs[-1]]
