@@ -55,8 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--scenario", action="append",
                         choices=list(SCENARIOS) + ["all"] + list(OPT_IN_SCENARIOS),
-                        help="scenario to run (repeatable; default: all; cluster-latency only by name: "
-                             "it needs redis-server)")
+                        help="scenario to run (repeatable; default: all; the cluster-* ones only by name: "
+                             "they need redis-server)")
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="benchmark this running server instead of starting the reference server")
     parser.add_argument("--server-pid", type=int, metavar="PID",
@@ -77,6 +77,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="clients and total msg/s per latency case (default 100:600,1000:60)")
     parser.add_argument("--steps", type=int_list, metavar="N,N",
                         help="connection steps (default 1000,2000,5000,10000)")
+    parser.add_argument("--cluster-clients", type=int, metavar="N",
+                        help="idle clients over two servers in cluster-connections (default 20000)")
     parser.add_argument("--connect-concurrency", type=int, metavar="N",
                         help="connections between connect() and their JOIN at once in the "
                              "connections scenario: a burst, like many users arriving together "
@@ -105,6 +107,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
         settings.latency_senders = 3
         settings.latency_seconds = 1.0
         settings.connection_steps = (50, 100)
+        settings.cluster_clients = 100
         settings.step_timeout_s = 30.0
         settings.slow_clients = 10
         settings.slow_rate = 500.0
@@ -133,6 +136,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
         settings.latency_cases = args.latency_cases
     if args.steps:
         settings.connection_steps = args.steps
+    if args.cluster_clients:
+        settings.cluster_clients = args.cluster_clients
     if args.connect_concurrency:
         settings.connect_concurrency = args.connect_concurrency
     if args.slow_clients:
@@ -195,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     machine = report.machine_info()  # before pinning narrows what this process sees
     pinning = pin_cpus(settings, args.pin)
     notes = []
+    chosen = args.scenario or ["all"]
     fd_limit = raise_fd_limit()
     most_clients = fd_limit - SPARE_FDS
     if max(settings.connection_steps) > most_clients:
         notes.append(f"open-file limit {fd_limit}: connection steps capped at {most_clients}")
         settings.connection_steps = tuple(sorted({min(s, most_clients) for s in settings.connection_steps}))
+    if "cluster-connections" in chosen and settings.cluster_clients > 2 * most_clients:
+        # Two generator processes, half the clients each (bench/cluster.py).
+        notes.append(f"open-file limit {fd_limit}: cluster-connections capped at {2 * most_clients} clients")
+        settings.cluster_clients = 2 * most_clients
 
-    chosen = args.scenario or ["all"]
     names = list(SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
     results = {
         "machine": machine,

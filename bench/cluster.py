@@ -12,19 +12,30 @@ with `--backplane`, one pinned to each CPU; half the clients on each, the
 senders alternating between them; the same fixed-rate run. Reported beside
 the latency: each process's CPU (percent of one core) and resident memory,
 Redis's included, and the cluster's p99 as a ratio to the single server's.
+
+`--scenario cluster-connections`: idle registered clients held by two
+servers (the issue's 20,000: 10,000 on each), the room set up as above (every
+JOIN on every client, then a PING barrier); reported: the time that took,
+each server's and Redis's resident memory and CPU seconds, and the
+generator's. Each server's clients are held by a generator process of its
+own: one process cannot hold 20,000 sockets under the usual hard limit of
+open files (20,000 here), two can.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from bench.net import EventLoop, open_clients
+from bench.net import Barrier, EventLoop, open_clients
 from bench.scenarios import (
     REFERENCE_SERVER_FLAGS,
     Case,
@@ -113,31 +124,138 @@ class ClusterRoom(Room):
 
 
     def quiet_across(self, shares: list[list], timeout_s: float) -> None:
-        """Wait until every JOIN has reached every client, on every server.
+        """Wait until every JOIN has reached every client, on every server
+        (see quiet_after)."""
+        quiet_after(self.loop, self.clients, [share[0] for share in shares], len(shares), timeout_s)
 
-        A PING barrier is not enough in a cluster: a PONG follows what the
-        client's own commands caused ([PING-2]), but another server's JOINs
-        reach it when its server has read them from the log. So one client per
-        server sends a MSG, and everyone waits for all of them: a server that
-        applied a MSG had applied every JOIN before it in the log.
-        """
-        seen: dict[int, int] = {id(client): 0 for client in self.clients}
 
-        def count(client, line: bytes, now_ns: int) -> None:
-            seen[id(client)] += 1
+def quiet_after(loop: EventLoop, clients: list, senders: list, expected: int, timeout_s: float) -> None:
+    """`senders` send `MSG setup`; wait until each of `clients` has `expected` of them.
 
-        counting = {id(client): client.counting for client in self.clients}
-        for client in self.clients:
+    A PING barrier is not enough in a cluster: a PONG follows what the
+    client's own commands caused ([PING-2]), but another server's JOINs
+    reach it when its server has read them from the log. So one client per
+    server sends a MSG, and everyone waits for all of them: a server that
+    applied a MSG had applied every JOIN before it in the log.
+    """
+    listener = SetupListener(clients)
+    for sender in senders:
+        sender.send(b"MSG setup\n")
+    listener.wait(loop, expected, timeout_s)
+
+
+class SetupListener:
+    """Counts the MSG lines `clients` receive from now on (see quiet_after):
+    they parse their lines until wait() returns, and count them only again after."""
+
+    def __init__(self, clients: list) -> None:
+        self.clients = clients
+        self.seen: dict[int, int] = {id(client): 0 for client in clients}
+        self.counting = {id(client): client.counting for client in clients}
+        for client in clients:
             client.counting = False  # Parse lines, so that on_msg sees them.
             client.splitter.pending = b""
-            client.on_msg = count
-        for share in shares:
-            share[0].send(b"MSG setup\n")
-        self.loop.run_until(lambda: min(seen.values()) >= len(shares), time.monotonic() + timeout_s,
-                            "setup: every JOIN on every server")
+            client.on_msg = self.count
+
+    def count(self, client, line: bytes, now_ns: int) -> None:
+        self.seen[id(client)] += 1
+
+    def wait(self, loop: EventLoop, expected: int, timeout_s: float) -> None:
+        loop.run_until(lambda: min(self.seen.values()) >= expected, time.monotonic() + timeout_s,
+                       "setup: every JOIN on every server")
         for client in self.clients:
             client.on_msg = None
-            client.counting = counting[id(client)]
+            client.counting = self.counting[id(client)]
+
+
+class Share:
+    """cluster-connections: the clients of one server, held by one generator
+    process (one process cannot hold 20,000 sockets under a limit of 20,000
+    open files). Their loop runs whenever the process waits, so that the JOIN
+    storm is read as it comes."""
+
+    def __init__(self, settings: Settings, address: tuple[str, int], names: list[str]) -> None:
+        self.settings = settings
+        self.loop = EventLoop()
+        report = open_clients(self.loop, address, names, time.monotonic() + settings.setup_timeout_s,
+                              concurrency=settings.connect_concurrency)
+        self.clients = report.registered
+        self.failures = (f"only {len(report.registered)} of {len(names)} clients registered on "
+                         f"{address[0]}:{address[1]}: {report.failure_summary()}"
+                         if report.failed or report.socket_errors else None)
+        for client in report.failed:
+            client.close()
+
+    def receive(self, connection) -> object:
+        """The next message from the other process; this share's clients are read meanwhile."""
+        self.loop.run_until(connection.poll, time.monotonic() + self.settings.setup_timeout_s,
+                            "the other generator process")
+        return connection.recv()
+
+    def quiet(self, connection, first: bool) -> None:
+        """With the other process (`first`: this one leads): every client of
+        both counts MSG lines before either sends its `MSG setup` (a line
+        that came while a client only counted would be missed), then each
+        waits for both MSGs and a PING barrier."""
+        listener = SetupListener(self.clients)
+        if first:
+            connection.send("listen")
+            self.receive(connection)  # "listening"
+        else:
+            connection.send("listening")
+        self.clients[0].send(b"MSG setup\n")
+        listener.wait(self.loop, 2, self.settings.setup_timeout_s)
+        barrier = Barrier("held")
+        barrier.start(self.clients)
+        self.loop.run_until(barrier.done, time.monotonic() + self.settings.setup_timeout_s, "barrier held")
+
+    def held(self) -> int:
+        return sum(not client.closed for client in self.clients)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.loop.close()
+
+
+def hold_share(settings: Settings, address: tuple[str, int], names: list[str], connection) -> None:
+    """The second generator process of cluster-connections: opens its share,
+    and tells the first when it has, when the room is quiet, and its CPU."""
+    cpu_before = time.process_time()
+    share = Share(settings, address, names)
+    try:
+        connection.send(("opened", share.failures))
+        if share.receive(connection) == "listen":
+            share.quiet(connection, first=False)
+            connection.send(("quiet", share.held(), time.process_time() - cpu_before))
+            share.receive(connection)  # "close"
+    finally:
+        share.close()
+        connection.close()
+
+
+@contextlib.contextmanager
+def two_servers(settings: Settings,
+                max_clients: int) -> Iterator[tuple[Redis, list[ReferenceServer], list[Room]]]:
+    """A fresh Redis and two servers on it, one per CPU when pinning; the
+    rooms the caller adds to the list are closed after the servers stop,
+    and Redis last."""
+    cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
+    redis = Redis()
+    servers: list[ReferenceServer] = []
+    rooms: list[Room] = []
+    try:
+        for index in range(2):
+            servers.append(ReferenceServer(
+                ["--max-clients", str(max_clients + 16), "--backplane", redis.url] + REFERENCE_SERVER_FLAGS,
+                cpus={cpus[(index + 1) % len(cpus)]} if settings.server_cpus else None))
+        yield redis, servers, rooms
+    finally:
+        for server in servers:
+            server.stop()
+        for room in rooms:
+            room.close()
+        redis.stop()
 
 
 def on_cluster(settings: Settings, clients_count: int,
@@ -145,16 +263,9 @@ def on_cluster(settings: Settings, clients_count: int,
     """Start Redis and two servers, fill a room over both, and run `measure`
     (which measures the first server's CPU); adds the second server's and
     Redis's CPU and everyone's memory. Stops everything it started."""
-    cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
-    redis = Redis()
-    servers: list[ReferenceServer] = []
-    room = None
-    try:
-        for index in range(2):
-            servers.append(ReferenceServer(
-                ["--max-clients", str(clients_count + 16), "--backplane", redis.url] + REFERENCE_SERVER_FLAGS,
-                cpus={cpus[(index + 1) % len(cpus)]} if settings.server_cpus else None))
+    with two_servers(settings, clients_count) as (redis, servers, rooms):
         room = ClusterRoom(settings, servers, clients_count)
+        rooms.append(room)
         pids = {"server_b": servers[1].pid, "redis": redis.pid}
         started = time.monotonic()
         before = {key: read_cpu_seconds(pid) for key, pid in pids.items()}
@@ -166,12 +277,6 @@ def on_cluster(settings: Settings, clients_count: int,
             metrics["other_cpu_pct"] = max(0.0, metrics["other_cpu_pct"] - sum(cpu.values()))
         return {**metrics, **cpu, "server_rss_kb": read_rss_kb(servers[0].pid),
                 "server_b_rss_kb": read_rss_kb(servers[1].pid), "redis_rss_kb": read_rss_kb(redis.pid)}
-    finally:
-        for server in servers:
-            server.stop()
-        if room is not None:
-            room.close()
-        redis.stop()
 
 
 def cluster_latency_one(settings: Settings, clients_count: int, rate: float) -> list[Case]:
@@ -217,5 +322,59 @@ def scenario_cluster_fanout(settings: Settings) -> list[Case]:
     return cases
 
 
+def scenario_cluster_connections(settings: Settings) -> list[Case]:
+    """settings.cluster_clients idle registered clients, half on each of two
+    servers, each half held by a generator process of its own (Share)."""
+    total = settings.cluster_clients
+    # The room's set-up is the JOIN storm: N^2/2 lines for N clients.
+    settings = dataclasses.replace(settings, setup_timeout_s=settings.step_timeout_s)
+    prefix = f"i{os.getpid() % 1000}x{int(time.time()) % 100000}"
+    names = [[f"{prefix}{i}" for i in range(index, total, 2)] for index in range(2)]
+    context = multiprocessing.get_context("spawn")  # Not fork: this process has threads.
+    with two_servers(settings, total // 2) as (redis, servers, _):
+        pids = {"server": servers[0].pid, "server_b": servers[1].pid, "redis": redis.pid}
+        rss_base = {key: read_rss_kb(pid) or 0 for key, pid in pids.items()}
+        cpu_before = {key: read_cpu_seconds(pid) or 0.0 for key, pid in pids.items()}
+        own_before = time.process_time()
+        started = time.monotonic()
+        connection, child_end = context.Pipe()
+        child = context.Process(target=hold_share, args=(settings, servers[1].address, names[1], child_end),
+                                name="bench-share")
+        child.start()
+        share = None
+        try:
+            share = Share(settings, servers[0].address, names[0])
+            _, child_failures = share.receive(connection)
+            if share.failures or child_failures:
+                raise ScenarioError(share.failures or child_failures)
+            share.quiet(connection, first=True)
+            _, child_held, child_cpu = share.receive(connection)
+            row: dict = {"clients": total, "held": share.held() + child_held,
+                         "setup_s": time.monotonic() - started,
+                         "gen_cpu_s": time.process_time() - own_before + child_cpu, "gen_processes": 2}
+            for server in servers:
+                server.check_alive()
+            for key, pid in pids.items():
+                row[f"{key}_cpu_s"] = (read_cpu_seconds(pid) or 0.0) - cpu_before[key]
+                row[f"{key}_rss_kb"] = read_rss_kb(pid)
+            for key, share_names in zip(("server", "server_b"), names, strict=True):
+                row[f"{key}_rss_per_conn_kb"] = (row[f"{key}_rss_kb"] - rss_base[key]) / len(share_names)
+            return [(f"2 servers + Redis: {total} idle clients", row)]
+        finally:
+            if child.is_alive():
+                try:
+                    connection.send("close")
+                except OSError:
+                    pass
+            child.join(timeout=settings.drain_timeout_s)
+            if child.is_alive():
+                child.terminate()
+                child.join()
+            connection.close()
+            if share is not None:
+                share.close()
+
+
 #: Scenarios run only when asked for by name (not in `all`).
-OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout}
+OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout,
+                    "cluster-connections": scenario_cluster_connections}

@@ -76,6 +76,8 @@ class Settings:
     latency_seconds: float = 5.0
     # connections
     connection_steps: tuple[int, ...] = (1000, 2000, 5000, 10000)
+    # cluster-connections (bench/cluster.py): idle clients over two servers
+    cluster_clients: int = 20000
     # Connections in flight at once. With a JOIN for everyone on each arrival,
     # one registration waits for a flusher pass over the whole room, so a
     # shallow pipeline measures that wait rather than how many connections

@@ -9,9 +9,14 @@ Redis. Standard library only: RESP2, the few commands used here, over a socket.
                       ([CLUSTER-5]); while Redis cannot be reached it refuses
                       the clients' commands at once ([CLUSTER-6]) and keeps
                       the LEAVEs until it can append them
-    consumer thread:  reads the stream in order (XREAD BLOCK) from its first
-                      entry, applies each entry to the room under the server's
-                      lock, and wakes the reader waiting for its own entry
+    consumer thread:  reads the stream in order (XREAD BLOCK) from the latest
+                      snapshot of the room (or the stream's first entry),
+                      applies each entry to the room under the server's lock,
+                      and wakes the reader waiting for its own entry; every
+                      heartbeat period it records how far it has applied,
+                      writes a snapshot of the room (every lease if only
+                      heartbeats came) and trims the stream ([CLUSTER-9],
+                      [CLUSTER-10])
     reader threads:   (chat/server.py) hand a client's MSG, ACT and PM to the
                       log one after another (Stream); any other line waits
                       until the ones before it are back ([ORDER-4])
@@ -38,6 +43,12 @@ log = logging.getLogger("chat.server.backplane")
 
 #: The stream holding the room's log.
 STREAM = b"chat1:room"
+#: [CLUSTER-9]: a hash, server id -> the id of the last entry that server has applied.
+APPLIED = b"chat1:applied"
+#: [CLUSTER-9]: a hash: `id`, the entry a snapshot of the room was taken after, and `state`.
+SNAPSHOT = b"chat1:snapshot"
+#: [CLUSTER-9]: the id the stream was last trimmed to (every entry before it is gone).
+TRIMMED = b"chat1:trimmed"
 #: Seconds between two attempts to reach Redis after a failure ([CLUSTER-6]).
 #: Short: while Redis is unreachable every command is refused.
 RECONNECT_PERIOD = 0.5
@@ -59,8 +70,75 @@ STREAM_MAX = 64
 FLUSH_GRACE = 1.0
 
 
+# [CLUSTER-9]: the scripts that keep the stream trimmed. Each runs in Redis
+# as one step (EVAL), so a server registering its position and a server
+# trimming cannot interleave: once a server's position is in APPLIED, no trim
+# goes past it. KEYS: STREAM, APPLIED, SNAPSHOT, TRIMMED, always in that order.
+_IDS_LUA = b"""
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+"""
+#: ARGV: the ids of the servers gone ([CLUSTER-5]); they no longer hold the
+#: stream back. Trims to the lowest of the live servers' positions and the
+#: latest snapshot's: what every live server has applied, and what a server
+#: starting now can start from. Returns how many entries it removed.
+TRIM_LUA = _IDS_LUA + b"""
+for i = 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+local bound = redis.call('HGET', KEYS[3], 'id')
+if not bound then return 0 end
+for _, applied in ipairs(redis.call('HVALS', KEYS[2])) do
+  if less(applied, bound) then bound = applied end
+end
+local trimmed = redis.call('GET', KEYS[4])
+if trimmed and not less(trimmed, bound) then return 0 end
+redis.call('SET', KEYS[4], bound)
+return redis.call('XTRIM', KEYS[1], 'MINID', bound)
+"""
+#: ARGV: a server's id, the last entry it applied. If nothing after that entry
+#: was trimmed, records it in APPLIED and returns nil; otherwise records the
+#: latest snapshot's id instead and returns the snapshot, [id, state].
+REGISTER_LUA = _IDS_LUA + b"""
+local trimmed = redis.call('GET', KEYS[4]) or '0-0'
+if not less(ARGV[2], trimmed) then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return nil
+end
+local snapshot = redis.call('HMGET', KEYS[3], 'id', 'state')
+redis.call('HSET', KEYS[2], ARGV[1], snapshot[1])
+return snapshot
+"""
+#: ARGV: an entry's id, the room's state after it. Kept if it is the latest.
+SNAPSHOT_LUA = _IDS_LUA + b"""
+local latest = redis.call('HGET', KEYS[3], 'id')
+if latest and not less(latest, ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[3], 'id', ARGV[1], 'state', ARGV[2])
+return 1
+"""
+
+
+def eval_command(script: bytes, *args: bytes) -> tuple[bytes, ...]:
+    return (b"EVAL", script, b"4", STREAM, APPLIED, SNAPSHOT, TRIMMED, *args)
+
+
+def id_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream id `<ms>-<n>` (or `0`) as a pair that sorts as Redis does."""
+    ms, _, n = entry_id.partition(b"-")
+    return int(ms), int(n or 0)
+
+
 class RedisError(OSError):
     """Redis could not be reached, or answered with an error."""
+
+
+class RedisReplyError(RedisError):
+    """Redis answered with an error: the connection itself is fine."""
 
 
 class RedisConnection:
@@ -84,7 +162,11 @@ class RedisConnection:
             request.append(b"*%d\r\n" % len(args))
             for arg in args:
                 request.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-        self.sock.settimeout(timeout)
+        if timeout != self.sock.gettimeout():
+            # Only when it changes: settimeout() lets go of the GIL for its
+            # system call and must win it back, which took 0.34 ms a call
+            # on average under fan-out (cProfile), before every pipeline.
+            self.sock.settimeout(timeout)
         self.sock.sendall(b"".join(request))
 
     def reply(self):
@@ -96,7 +178,7 @@ class RedisConnection:
         if kind == b"+":
             return body
         if kind == b"-":
-            raise RedisError(body.decode("utf-8", "replace"))
+            raise RedisReplyError(body.decode("utf-8", "replace"))
         if kind == b":":
             return int(body)
         if kind == b"$":
@@ -139,26 +221,29 @@ class Stream:
 
     MSG, ACT and PM of a registered client stream: the reader hands the next
     one to the log without waiting for the last to come back, since the log
-    keeps their order (up to STREAM_MAX of them). Any other line waits until
-    every entry before it is back, so that its reply, or the state it is
-    checked in (registered or not), follows them. The reader thread's alone.
+    keeps their order; at most STREAM_MAX are out at once, a sliding window:
+    the next waits for the oldest, not for all of them. Any other line waits
+    until every entry before it is back, so that its reply, or the state it
+    is checked in (registered or not), follows them. The reader thread's alone.
     """
 
     def __init__(self, backplane: Backplane, session) -> None:
         self._backplane = backplane
         self._session = session
-        #: The last entry of this connection not known to be back, and how many are out.
-        self._last: int | None = None
-        self._out = 0
+        #: This connection's entries not known to be back, oldest first. They
+        #: come back in this order, so one found back means all before it are.
+        self._out: collections.deque[int] = collections.deque()
 
     def before(self, item) -> None:
         """Before the reader hands `item` to the room: wait if it must."""
-        if self._last is None:
+        if not self._out:
             return
         with self._backplane._server._lock:
             streams = self._backplane._room.streamable(self._session, item)
-        if not streams or self._out >= STREAM_MAX:
+        if not streams:
             self._settle()
+        elif len(self._out) >= STREAM_MAX:
+            self._backplane.wait(self._out.popleft())
 
     def after(self) -> None:
         """After the room handled the line: note what went to the log, wait if it must."""
@@ -166,20 +251,18 @@ class Stream:
             entry = self._backplane._room.awaiting.pop(self._session, None)
         if entry is None:
             return
-        self._last = entry.seq
-        self._out += 1
+        self._out.append(entry.seq)
         if entry.kind not in cluster.STREAMED:
             self._settle()  # USER, USERS, NICK, LEAVE: the next line depends on them.
 
     def finish(self) -> None:
         """The connection ends: its lines handled so far come first ([FRAME-10])."""
-        if self._last is not None:
+        if self._out:
             self._settle()
 
     def _settle(self) -> None:
-        self._backplane.wait(self._last)
-        self._last = None
-        self._out = 0
+        self._backplane.wait(self._out[-1])
+        self._out.clear()
 
 
 class Backplane:
@@ -202,12 +285,20 @@ class Backplane:
         self._closing = False
         self._up = False
         self._stopped = threading.Event()
+        #: [CLUSTER-9]: the consumer has recorded its position (and taken the
+        #: room from a snapshot if the stream was trimmed): the writer appends
+        #: nothing before, or its client's USER could be in the snapshot
+        #: without coming back to it.
+        self._registered = threading.Event()
         self._writer = threading.Thread(target=self._write_forever, name="backplane-writer")
         self._consumer = threading.Thread(target=self._consume_forever, name="backplane-consumer")
 
     def start(self) -> None:
         self._writer.start()
         self._consumer.start()
+        # Serve once the room is known; if Redis cannot be reached, at once
+        # (the commands that need the log are refused until it can, [CLUSTER-6]).
+        self._registered.wait(REDIS_TIMEOUT)
 
     # -- the server's side -------------------------------------------------------
 
@@ -311,7 +402,7 @@ class Backplane:
                 # flight, so reconnect before sending rather than refuse.
                 connection.close()
                 connection = None
-            if connection is None:
+            if connection is None and self._registered.is_set():
                 connection = self._connect()
             if connection is None:
                 # [CLUSTER-6]: refuse the clients' commands now, keep the LEAVEs.
@@ -369,7 +460,16 @@ class Backplane:
     # -- the consumer ------------------------------------------------------------------
 
     def _consume_forever(self) -> None:
-        last_id = b"0"  # From the first entry: the room's state is the whole log.
+        #: The last entry applied; b"0": none, the room's state is the whole log.
+        last_id = b"0-0"
+        #: The server id whose position is recorded in APPLIED, once it is.
+        registered: str | None = None
+        gap = False
+        period = self._room.lease_ms / 1000 / cluster.HEARTBEATS_PER_LEASE
+        trim_due = snapshot_due = time.monotonic() + period
+        #: The entry this server's last snapshot was taken after, and whether
+        #: an entry other than a heartbeat was applied since.
+        snapshot_id, changed = b"0-0", False
         connection: RedisConnection | None = None
         while not self._stopped.is_set():
             if connection is None:
@@ -378,13 +478,48 @@ class Backplane:
                     self._stopped.wait(RECONNECT_PERIOD)
                     continue
             try:
-                reply = connection.command(b"XREAD", b"COUNT", b"%d" % READ_COUNT,
-                                           b"BLOCK", b"%d" % READ_BLOCK_MS, b"STREAMS", STREAM, last_id,
-                                           timeout=REDIS_TIMEOUT + READ_BLOCK_MS / 1000)
+                if gap or registered != self._room.server_id:
+                    registered = self._room.server_id
+                    last_id = self._register(connection, last_id, fresh=not self._registered.is_set())
+                    gap = False
+                    continue  # The server id may have changed: register that one too.
+                now = time.monotonic()
+                maintenance = []
+                if now >= trim_due:
+                    # A snapshot every period while the room is busy, every
+                    # lease when only heartbeats come: the stream keeps what
+                    # came after the latest one.
+                    snapshot = now >= snapshot_due or (changed and last_id != snapshot_id)
+                    maintenance = self._maintenance(last_id, snapshot)
+                    trim_due = now + period
+                    if snapshot:
+                        snapshot_due, snapshot_id, changed = now + self._room.lease_ms / 1000, last_id, False
+                # One pipeline, so that the maintenance costs no round trip of
+                # its own before the read. The GET runs once the XREAD has
+                # returned: if nothing after last_id was trimmed by then, the
+                # XREAD missed nothing.
+                connection.send_commands(maintenance + [
+                    (b"XREAD", b"COUNT", b"%d" % READ_COUNT, b"BLOCK", b"%d" % READ_BLOCK_MS,
+                     b"STREAMS", STREAM, last_id), (b"GET", TRIMMED)],
+                    timeout=REDIS_TIMEOUT + READ_BLOCK_MS / 1000)
+                for _ in maintenance:
+                    try:
+                        connection.reply()
+                    except RedisReplyError as error:
+                        logs.event(log, logging.WARNING, "backplane-trim-failed", url=self.url,
+                                   detail=str(error))
+                reply = connection.reply()
+                trimmed = connection.reply()
             except OSError as error:
                 self._set_up(False, error)
                 connection.close()
                 connection = None
+                continue
+            if trimmed is not None and id_key(trimmed) > id_key(last_id):
+                # [CLUSTER-9]: entries after the last one applied may be gone
+                # (the others declared this server gone and trimmed past it):
+                # what was read is not applied; the room restarts from a snapshot.
+                gap = True
                 continue
             if not reply:
                 continue
@@ -397,6 +532,7 @@ class Backplane:
                     if entry is None:
                         continue
                     self._server._apply(self._room.apply(cluster.stamp_of(entry_id.decode()), entry))
+                    changed = changed or entry.kind != "alive"
                     if entry.server in self._room.own_ids and entry.seq:
                         self._settle(entry, "applied")
                 if len(self._room.gone) != gone:
@@ -405,7 +541,45 @@ class Backplane:
                     logs.event(log, logging.WARNING, "servers-gone", url=self.url,
                                gone=len(self._room.gone), this_server=self._room.server_id)
         if connection is not None:
+            if registered is not None:
+                try:  # Stopped in order: this server no longer holds the stream back.
+                    connection.command(b"HDEL", APPLIED, registered.encode())
+                except OSError:
+                    pass
             connection.close()
+
+    def _register(self, connection: RedisConnection, last_id: bytes, fresh: bool) -> bytes:
+        """Record this server's position in APPLIED ([CLUSTER-9]); if entries
+        after `last_id` were trimmed, take the room from the latest snapshot.
+        The entry to read after."""
+        snapshot = connection.command(*eval_command(REGISTER_LUA, self._room.server_id.encode(), last_id))
+        if snapshot is not None:
+            snapshot_id, state = snapshot
+            with self._server._lock:
+                self._server._apply(self._room.restore(state, fresh))
+                if not fresh:
+                    # The entries awaited were trimmed, or are an old id's:
+                    # their sessions were closed by the restore.
+                    with self._lock:
+                        for seq in list(self._pending):
+                            self._resolve(seq)
+                        self._order.clear()
+            logs.event(log, logging.INFO if fresh else logging.WARNING, "backplane-snapshot",
+                       url=self.url, entry=snapshot_id.decode(), this_server=self._room.server_id)
+            last_id = snapshot_id
+        self._registered.set()
+        return last_id
+
+    def _maintenance(self, last_id: bytes, snapshot: bool) -> list[tuple[bytes, ...]]:
+        """[CLUSTER-9]: the commands that record this server's position, write
+        a snapshot of the room if asked, and trim the stream to what every
+        live server has applied. The consumer's alone: it is the only thread
+        that changes the room's shared state, so the snapshot needs no lock."""
+        commands = [(b"HSET", APPLIED, self._room.server_id.encode(), last_id)]
+        if snapshot and last_id != b"0-0":
+            commands.append(eval_command(SNAPSHOT_LUA, last_id, self._room.snapshot()))
+        commands.append(eval_command(TRIM_LUA, *(server.encode() for server in sorted(self._room.gone))))
+        return commands
 
 
 def _field(fields: list[bytes], name: bytes) -> bytes:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import uuid
 from collections.abc import Callable
 
@@ -252,6 +253,40 @@ class ClusterRoom(ChatRoom):
                                 for session in self._sessions
                                 if not session.closing and (session.registered or session in self._joining)]
         return leaves + super().shutdown()
+
+    # -- snapshots ([CLUSTER-9]) ------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The room as every server holds it after the same entries (the
+        members in join order, the leases, the servers gone, the log's time),
+        so that a server can start from it instead of from the log's first
+        entry. Nothing of this server's own clients is in it."""
+        return json.dumps({
+            "members": [[member.name, member.server, member.session] for member in self._roster.values()],
+            "leases": {server: [lease.seen_ms, lease.lease_ms] for server, lease in self._leases.items()},
+            "gone": sorted(self.gone),
+            "last_ms": self._last_ms,
+        }, separators=(",", ":")).encode()
+
+    def restore(self, data: bytes, fresh: bool) -> list[Action]:
+        """Take the room from a snapshot, and apply the entries after it.
+
+        `fresh`: this server is starting and has no client in the room yet.
+        Otherwise the log was trimmed past entries this server had not
+        applied: the others had declared it gone ([CLUSTER-5]), so it does
+        what [CLUSTER-7] says (its clients are closed, it takes a new id)
+        before it takes the room as they hold it.
+        """
+        actions = [] if fresh else self._server_gone(self.server_id)
+        state = json.loads(data)
+        self._roster = {protocol.name_key(name): Member(name, server, session)
+                        for name, server, session in state["members"]}
+        self._by_session = {(member.server, member.session): key for key, member in self._roster.items()}
+        self._leases = {server: Lease(seen_ms, lease_ms)
+                        for server, (seen_ms, lease_ms) in state["leases"].items()}
+        self.gone = set(state["gone"])
+        self._last_ms = state["last_ms"]
+        return actions
 
     # -- the log ----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The conformance cases as pytest tests: one test per case, named after it.
 
     pytest -p conformance.plugin --server HOST:PORT
+    pytest -p conformance.plugin --server HOST:PORT,HOST:PORT  # a cluster (SPEC.md 11b)
     pytest -p conformance.plugin                    # the reference server on port 0
     pytest -p conformance.plugin -k names           # the cases whose name has "names"
     pytest -p conformance.plugin --conformance-only # in a repository with tests of its own
@@ -26,14 +27,16 @@ import pytest
 from conformance.case import Case, Target
 from conformance.peer import DEFAULT_TIMEOUT
 from conformance.report import FAIL, INCONCLUSIVE, NOT_APPLICABLE, WARN, format_failure
-from conformance.runner import DEFAULT_CASE_CAP, Runner, all_cases, parse_address
+from conformance.runner import DEFAULT_CASE_CAP, Runner, all_cases, parse_addresses
 from conformance.spec import Spec, load_spec
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "chat/1 conformance kit")
-    group.addoption("--server", metavar="HOST:PORT", default=None,
-                    help="the chat/1 server to test (default: start the reference server on port 0)")
+    group.addoption("--server", metavar="HOST:PORT[,HOST:PORT...]", default=None,
+                    help="the chat/1 server to test, or a cluster's servers, each case's clients spread "
+                         "over them as `python -m conformance` does (default: start the reference server "
+                         "on port 0)")
     group.addoption("--conformance-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                     help=f"seconds to wait for one line (default {DEFAULT_TIMEOUT:g})")
     group.addoption("--conformance-password", default=os.environ.get("CHAT_PASSWORD"),
@@ -76,11 +79,11 @@ class ConformanceRun:
             private_servers = self._servers.private_server
             rerun = ""
         else:
-            host, port = parse_address(address)
+            (host, port), *others = parse_addresses(address)
             context = (ssl.create_default_context(cafile=option("--conformance-cafile"))
                        if option("--conformance-tls") else None)
             targets = [Target("server", host, port, ssl_context=context, server_hostname=host,
-                              password=option("--conformance-password"))]
+                              password=option("--conformance-password"), others=tuple(others))]
             rerun = address
         runner = Runner(targets, self.spec, timeout=option("--conformance-timeout"),
                         strict=option("--conformance-strict"), private_servers=private_servers,

@@ -17,9 +17,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from chat import backplane
 
 REDIS = shutil.which("redis-server")
 #: Short leases, so that a killed server's users leave within the test's wait; not
@@ -64,6 +67,14 @@ class Engine:
                 return
         raise RuntimeError(f"redis-server did not start (exit {self.process.wait()})")
 
+    def command(self, *args: bytes):
+        """One command to this Redis, and its reply."""
+        connection = backplane.RedisConnection("127.0.0.1", self.port, 0)
+        try:
+            return connection.command(*args)
+        finally:
+            connection.close()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()  # SIGTERM: Redis writes its file and exits.
@@ -75,10 +86,10 @@ class Engine:
 class Server:
     """A reference server of the cluster, in a process of its own."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lease: int = LEASE) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chat.server", "--port", "0", "--backplane", engine.url,
-             "--backplane-lease", str(LEASE), "--log-level", "warning"],
+             "--backplane-lease", str(lease), "--log-level", "warning"],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
         line = self.process.stdout.readline()
         match = re.fullmatch(r"chat server listening on (\S+):(\d+)\n", line)
@@ -291,8 +302,9 @@ def test_a_new_server_learns_the_room_from_the_log(engine, servers, clients):
 def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
     results = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "cluster-latency",
-                           "--json", str(results)], cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True, timeout=300)
+                           "--scenario", "cluster-connections", "--json", str(results)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     cases = json.loads(results.read_text())["scenarios"]["cluster-latency"]["cases"]
     [single] = [case for name, case in cases.items() if not name.startswith("2 servers")]
@@ -301,6 +313,9 @@ def test_quick_cluster_benchmark_loses_nothing_and_reports_the_engine(tmp_path):
         assert case["median"]["lost"] == 0 and case["median"]["delivered"] > 0
     assert cluster["median"]["redis_rss_kb"] > 0 and "redis_cpu_pct" in cluster["median"]
     assert cluster["median"]["p99_ratio_to_single"] > 0
+    [idle] = json.loads(results.read_text())["scenarios"]["cluster-connections"]["cases"].values()
+    assert idle["median"]["held"] == idle["median"]["clients"] > 0
+    assert idle["median"]["server_b_rss_kb"] > 0 and idle["median"]["redis_rss_kb"] > 0
 
 
 @pytest.mark.once
@@ -315,3 +330,111 @@ def test_the_whole_kit_passes_against_a_cluster_of_three(engine, servers):
         third.stop()
     assert done.returncode == 0, done.stdout[-4000:]
     assert "cluster-one-order" in done.stdout and ", 0 fail," in done.stdout
+
+
+#: [CLUSTER-9]: what the stream may hold once the room is quiet: the entries
+#: after the latest snapshot (a lease of heartbeats from two servers, at five a
+#: lease each, and the period before the next trim), however many came before.
+QUIET_STREAM_MAX = 2 * (2 * 5 + 2)
+
+
+def wait_for(condition, what: str):
+    """Ask Redis until `condition()` holds (it is trimmed by the servers' own
+    period, [CLUSTER-9]), within DEADLINE."""
+    deadline = time.monotonic() + DEADLINE
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.1)
+    return value
+
+
+def talk(people: list[Client], names: list[str], text: str, count: int) -> list[list[str]]:
+    """Each sends `count` MSGs (within flood-burst), and all of them reach
+    everyone, in one order. Each one's MSG lines, in the order received."""
+    for round_ in range(count):
+        for name, person in zip(names, people, strict=True):
+            person.send(f"MSG {text} {name} {round_}")
+    expected = {f"MSG {name} {text} {name} {round_}" for round_ in range(count) for name in names}
+    views = [read_msgs(person, len(expected)) for person in people]
+    assert set(views[0]) == expected and all(view == views[0] for view in views)
+    return views
+
+
+def read_msgs(person: Client, count: int) -> list[str]:
+    lines: list[str] = []
+    while len(lines) < count:
+        if (line := person.line()).startswith("MSG "):
+            lines.append(line)
+    return lines
+
+
+def test_the_stream_stays_bounded_and_a_new_server_starts_from_a_snapshot(engine, servers, clients):
+    # [CLUSTER-9]: trimmed to what every live server applied; [CLUSTER-10]: a
+    # server starting after its first entries were trimmed learns the room.
+    names = ["ann", "ben"]
+    people = [clients(servers[0], "ann"), clients(servers[1], "ben")]
+    people[0].until("JOIN ben")
+    for round_ in range(3):
+        talk(people, names, f"r{round_}", 15)
+        # More entries than the bound were appended this round alone.
+        wait_for(lambda: engine.command(b"XLEN", backplane.STREAM) <= QUIET_STREAM_MAX,
+                 f"the stream trimmed to {QUIET_STREAM_MAX} entries after round {round_}")
+    first = engine.command(b"XRANGE", backplane.STREAM, b"-", b"+", b"COUNT", b"1")
+    assert not first or b" user " not in first[0][1][1], "the JOINs were never trimmed"
+    late = Server(engine)
+    try:
+        carol = clients(late, "carol")
+        carol.send("USERS")
+        assert carol.until("ENDNAMES 3")[0] == "NAMES ann ben carol"
+        assert people[0].until("JOIN carol")
+        talk(people + [carol], names + ["carol"], "after", 3)
+    finally:
+        late.stop()
+
+
+def test_a_slow_server_holds_the_trim_back_and_misses_nothing(engine, clients):
+    # [CLUSTER-9]: a server paused for less than its lease is live: the stream
+    # is not trimmed past what it applied, and its client gets every line.
+    lease = 20  # Paused for well under it, however loaded the machine (a heartbeat period: 4 s).
+    fast, slow = Server(engine, lease), Server(engine, lease)
+    try:
+        names = ["ann", "abe", "amy"]
+        people = [clients(fast, name) for name in names]
+        bob = clients(slow, "bob")
+        people[0].until("JOIN bob")
+        slow.process.send_signal(signal.SIGSTOP)
+        try:
+            [view, *_] = talk(people, names, "while-bob-sleeps", 15)
+            [(last_id, _)] = engine.command(b"XREVRANGE", backplane.STREAM, b"+", b"-", b"COUNT", b"1")
+            # The fast server has applied every MSG, taken a snapshot after them
+            # and trimmed (one pipeline): only the slow one holds the stream back.
+            wait_for(lambda: backplane.id_key(engine.command(b"HGET", backplane.SNAPSHOT, b"id") or b"0")
+                     >= backplane.id_key(last_id), "a snapshot after the MSGs")
+            assert engine.command(b"XLEN", backplane.STREAM) > 15 * len(names)
+        finally:
+            slow.process.send_signal(signal.SIGCONT)
+        assert read_msgs(bob, len(view)) == view
+        wait_for(lambda: engine.command(b"XLEN", backplane.STREAM) <= QUIET_STREAM_MAX,
+                 "the stream trimmed once the slow server caught up")
+    finally:
+        fast.stop()
+        slow.stop()
+
+
+def test_the_pytest_plugin_spreads_a_cases_clients_over_a_clusters_servers(servers, tmp_path):
+    # conformance/plugin.py's --server takes a cluster as `python -m conformance` does.
+    repo = Path(__file__).resolve().parent.parent
+    environment = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def plugin(addresses: list[tuple[str, int]]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "conformance.plugin", "-p", "no:cacheprovider", "-q",
+             "--rootdir", str(tmp_path), "--conformance-timeout", "3", "-k", "cluster-one-order",
+             "--server", ",".join("{}:{}".format(*address) for address in addresses)],
+            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=240)
+
+    finished = plugin([server.address for server in servers])
+    assert finished.returncode == 0 and "1 passed" in finished.stdout, finished.stdout + finished.stderr
+    # Its second server taken away, the case fails: its clients did go to it.
+    finished = plugin([servers[0].address, ("127.0.0.1", free_port())])
+    assert finished.returncode == 1 and "1 failed" in finished.stdout, finished.stdout + finished.stderr

@@ -302,6 +302,50 @@ def test_a_heartbeat_carries_the_lease(rooms):
     assert one.heartbeat() == Entry("one", 0, 0, "alive", (str(LEASE_MS),))
 
 
+# -- [CLUSTER-9], [CLUSTER-10]: snapshots, so that the log can be trimmed --------------
+
+
+def test_a_server_started_from_a_snapshot_holds_the_room_as_the_others_do(rooms):
+    one, two, log = rooms
+    register(one, log, "alice")
+    bob = register(two, log, "bob")
+    log.take(two.handle(bob, b"NICK Bobby", 0.0))
+    heartbeat(log, two)
+    log.run()
+    log.now_ms += 400
+    heartbeat(log, one)
+    log.run()
+    three = ClusterRoom(NO_TIMERS, "three", lease=LEASE_MS / 1000)
+    assert three.restore(one.snapshot(), fresh=True) == []
+    assert three.snapshot() == one.snapshot() == two.snapshot()
+    log.rooms += (three,)
+    log.seen[three] = []
+    carol = register(three, log, "carol")
+    assert log.take(three.handle(carol, b"USERS", 0.0)) == []
+    out = log.run()
+    assert [a.line for a in out[three] if isinstance(a, Send)] == \
+        [b"NAMES alice Bobby carol\n", b"ENDNAMES 3\n"]
+    # The leases came with it: a server silent since goes at the same entry everywhere.
+    for _ in range(LEASE_MS // 400 + 1):
+        log.now_ms += 400
+        heartbeat(log, two)
+        heartbeat(log, three)
+    out = log.run()
+    assert broadcasts(out[three]) == broadcasts(out[two]) == [b"LEAVE alice timeout\n"]
+    assert three.gone == two.gone == {"one"}
+
+
+def test_a_server_trimmed_past_closes_its_clients_and_takes_the_room_from_a_snapshot(rooms):
+    one, two, log = rooms
+    alice = register(one, log, "alice")
+    register(two, log, "bob")
+    state = two.snapshot()
+    down = protocol.format_error(ErrorCode.BACKPLANE_DOWN, "this server lost the room's log: connect again")
+    assert one.restore(state, fresh=False) == [Unregister(alice), Broadcast(b"LEAVE alice timeout\n"),
+                                               Send(alice, down), Close(alice)]
+    assert one.server_id == "one-b" and one.snapshot() == state
+
+
 # -- [CLUSTER-6]: the log is unreachable -------------------------------------------------
 
 
@@ -453,3 +497,27 @@ def test_a_refusal_waits_for_the_entries_of_that_client_before_it(rooms):
     for append in appends:
         plane.wait(append.entry.seq)  # All settled: no wait.
     assert plane._order == {} and plane._pending == {}
+
+
+def test_a_senders_entries_out_at_once_are_a_sliding_window(rooms):
+    # Stream: at STREAM_MAX out, the next MSG waits for the oldest only (the
+    # log gives them back in order), so a fast sender's pipeline stays full;
+    # a line that needs the room's state waits for all of them.
+    one, _, log = rooms
+    alice = register(one, log, "alice")
+    plane = backplane.Backplane("redis://127.0.0.1:1/0", RecordingServer(), one)
+    waited = []
+    plane.wait = waited.append
+    stream = plane.stream(alice)
+    seqs = []
+    for number in range(backplane.STREAM_MAX + 2):
+        line = b"MSG %d" % number
+        stream.before(line)
+        one.handle(alice, line, 1.0)
+        seqs.append(one.awaiting[alice].seq)
+        stream.after()
+    assert waited == seqs[:2]
+    stream.before(b"USERS")
+    assert waited == seqs[:2] + [seqs[-1]]
+    stream.finish()  # Nothing out any more: no wait.
+    assert waited == seqs[:2] + [seqs[-1]]
