@@ -301,9 +301,11 @@ def summary_line(cases: list[Case], spec: Spec) -> str:
     others = ", ".join(f"{levels.count(level)} {level}" for level in ("SHOULD", "MAY", INFORMATIVE)
                        if levels.count(level))
     sessions = sum(1 for case in cases if case.kind == "session")
+    by_client = sum(1 for rid in musts if spec.requirements[rid].binds_client)
     return (f"{len(spec.requirements)} requirements ({len(musts)} MUST, {others}); "
             f"{len(covered)} of {len(server_musts)} server MUSTs covered "
-            f"({len(musts) - len(server_musts)} MUSTs bind clients); "
+            f"({by_client} MUSTs bind clients, {len(musts) - len(server_musts) - by_client} "
+            "are a cluster's failures, checked by the server's tests); "
             f"{len(cases)} cases ({sessions} transcripts, {len(cases) - sessions} Python)")
 
 
