@@ -71,7 +71,7 @@ from chat.state import (
     Session,
     Unregister,
 )
-from chat.transfers import RECIPIENT, SENDER, Transfer
+from chat.transfers import RECIPIENT, SENDER, Grant, RelayPacing, Transfer
 from chat.transport import NotTLS, PlainTransport, TLSTransport
 
 log = logs.SERVER
@@ -134,6 +134,28 @@ COPY_WINDOW = 64 * 1024
 #: effect measured is within the noise of this shared machine (README,
 #: Sharing files); it is kept because it costs nothing and says the intent.
 RELAY_NICE = 10
+#: Pacing the relays while chat is busy (chat.transfers.RelayPacing; SPEC.md 11a.3,
+#: rationale; README, Sharing files). Lowering the relays' priority (RELAY_NICE) was not
+#: enough: two relays flat out on the server's core (1.4 GB/s together) put the chat's
+#: p99 at 2.19x, because most of their cost is the kernel's loopback work, which no
+#: niceness reaches; two transfers whose senders kept to 100 MB/s each left it at 0.80x
+#: (`python -m bench --scenario file --runs 3`, medians of 3). So while chat is busy,
+#: all relays together move at most RELAY_BUSY_RATE bytes a second: the rate of those
+#: two paced transfers, and more than a 1 Gbit/s link carries (125 MB/s), so only a
+#: transfer between two processes of one machine or a fast LAN ever meets it.
+RELAY_BUSY_RATE = 200 * 1000 * 1000
+#: Bytes a relay moves at a time while chat is busy, and the depth of their shared
+#: budget: a quarter of RELAY_WINDOW, so the relays take the processor in slices of
+#: about a tenth of a millisecond, between which the chat's threads get it.
+RELAY_BUSY_CHUNK = 256 * 1024
+#: Chat is busy once CHAT_BUSY_LINES lines were sent within CHAT_BUSY_WINDOW seconds
+#: (1,000 lines a second: a room of 100 where ten people a second speak; the
+#: benchmark's room sends 60,000), and stays busy CHAT_BUSY_HOLD seconds after. A
+#: transfer's own lines (OFFER, ACCEPTED, ENDED: a few to each party) stay well below,
+#: so one transfer alone goes flat out.
+CHAT_BUSY_LINES = 100
+CHAT_BUSY_WINDOW = 0.1
+CHAT_BUSY_HOLD = 1.0
 #: fcntl's F_SETPIPE_SZ (Linux), which Python 3.10 does not name.
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: How often the watchdog looks at the clock. Timeouts are whole seconds in
@@ -315,6 +337,32 @@ class RelayPair:
             os.close(self.wake_write)
 
 
+class RelayPacer:
+    """The relays' shared budget while chat is busy (RelayPacing, with the clock and the
+    server's count of lines sent), behind a lock of its own: never the server's, which
+    chat lines need ([FILE-19])."""
+
+    def __init__(self, lines_sent: Callable[[], int]) -> None:
+        self._lock = threading.Lock()
+        self._lines_sent = lines_sent
+        self._pacing = RelayPacing(RELAY_BUSY_RATE, RELAY_BUSY_CHUNK, CHAT_BUSY_LINES, CHAT_BUSY_WINDOW,
+                                   CHAT_BUSY_HOLD, time.monotonic(), lines_sent())
+
+    def allow(self, wanted: int, pair: RelayPair) -> Grant:
+        """What the relay may move now (1 to `wanted` bytes), after waiting while the budget
+        is spent; RelayCut if the pair is cut meanwhile. Report the move with moved()."""
+        while True:
+            with self._lock:
+                grant = self._pacing.allowance(time.monotonic(), self._lines_sent(), wanted)
+            if grant.count:
+                return grant
+            _pause(pair, grant.wait)
+
+    def moved(self, grant: Grant, count: int) -> None:
+        with self._lock:
+            self._pacing.moved(grant, count)
+
+
 class FileRelay:
     """[FILE-15] to [FILE-20]: pairs each transfer's data connections and relays its bytes.
 
@@ -329,10 +377,12 @@ class FileRelay:
     it reads the sender only as fast as the recipient's socket takes them.
     Plain TCP on both sides goes through os.splice, kernel to kernel; TLS on
     either side is decrypted and encrypted here. The sockets are non-blocking
-    once relaying, and every wait is a poll() that a cut wakes.
+    once relaying, and every wait is a poll() that a cut wakes, the pacer's too:
+    while chat is busy, the relays together keep to RELAY_BUSY_RATE (RelayPacer).
     """
 
-    def __init__(self, on_finished: Callable[[Transfer, str], None], end_timeout: float) -> None:
+    def __init__(self, on_finished: Callable[[Transfer, str], None], end_timeout: float,
+                 lines_sent: Callable[[], int]) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         #: By transfer (compared by identity: a tid may be reused once it ended).
@@ -341,6 +391,7 @@ class FileRelay:
         #: Seconds to wait for the sender's end of stream after `size` bytes.
         self._end_timeout = end_timeout
         self._stopping = False
+        self._pacer = RelayPacer(lines_sent)
 
     def expect(self, transfer: Transfer) -> RelayPair:
         """A data connection of `transfer` was accepted (under the server's lock): its pair."""
@@ -478,8 +529,8 @@ class FileRelay:
     def _move(self, source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
         """Up to `size` bytes from source to sink; how many moved before the source ended."""
         if type(source) is PlainTransport and type(sink) is PlainTransport and hasattr(os, "splice"):
-            return _splice(source, sink, size, pair)
-        return _copy(source, sink, size, pair)
+            return _splice(source, sink, size, pair, self._pacer)
+        return _copy(source, sink, size, pair, self._pacer)
 
 
 def _wait(transport: PlainTransport, events: int, pair: RelayPair, timeout: float | None = None) -> None:
@@ -492,7 +543,18 @@ def _wait(transport: PlainTransport, events: int, pair: RelayPair, timeout: floa
         raise RelayCut()
 
 
-def _splice(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
+def _pause(pair: RelayPair, seconds: float) -> None:
+    """Wait `seconds` for the pacer, or raise RelayCut as soon as the pair is cut: a poll()
+    on its wake-up pipe, never a sleep that a CANCEL or a shutdown would have to wait out."""
+    poller = select.poll()
+    poller.register(pair.wake_read, select.POLLIN)
+    poller.poll(seconds * 1000)
+    if pair.cut:
+        raise RelayCut()
+
+
+def _splice(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair,
+            pacer: RelayPacer) -> int:
     """Linux: move the bytes socket -> pipe -> socket in the kernel, RELAY_WINDOW at a time."""
     pipe_out, pipe_in = os.pipe()
     try:
@@ -502,11 +564,14 @@ def _splice(source: PlainTransport, sink: PlainTransport, size: int, pair: Relay
             pass  # above /proc/sys/fs/pipe-max-size: the pipe keeps its 64 KiB
         moved = 0
         while moved < size:
+            grant = pacer.allow(min(RELAY_WINDOW, size - moved), pair)
             try:
-                count = os.splice(source.sock.fileno(), pipe_in, min(RELAY_WINDOW, size - moved))
+                count = os.splice(source.sock.fileno(), pipe_in, grant.count)
             except BlockingIOError:
+                pacer.moved(grant, 0)
                 _wait(source, select.POLLIN, pair)
                 continue
+            pacer.moved(grant, count)
             if not count:
                 break  # the sender's end of stream, early
             moved += count
@@ -521,15 +586,19 @@ def _splice(source: PlainTransport, sink: PlainTransport, size: int, pair: Relay
         os.close(pipe_in)
 
 
-def _copy(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair) -> int:
+def _copy(source: PlainTransport, sink: PlainTransport, size: int, pair: RelayPair,
+          pacer: RelayPacer) -> int:
     """Through user space (TLS on either side): COPY_WINDOW of plaintext at a time."""
     moved = 0
     while moved < size:
+        grant = pacer.allow(min(COPY_WINDOW, size - moved), pair)
         try:
-            data = source.recv(min(COPY_WINDOW, size - moved))
+            data = source.recv(grant.count)
         except BlockingIOError:
+            pacer.moved(grant, 0)
             _wait(source, select.POLLIN, pair)
             continue
+        pacer.moved(grant, len(data))
         if not data:
             break
         _send_all(sink, data, pair)
@@ -629,7 +698,12 @@ class ChatServer:
 
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self._files = FileRelay(self._relay_finished, float(limits.file_expiry or 1))
+        #: Chat lines sent since the server started (a broadcast counts once per
+        #: recipient), guarded by the lock; the relays read it, unlocked, to tell
+        #: whether chat is busy (RelayPacer).
+        self._lines_sent = 0
+        self._files = FileRelay(self._relay_finished, float(limits.file_expiry or 1),
+                                lambda: self._lines_sent)
         for outbox in self._outboxes:
             outbox.thread = threading.Thread(target=self._flush_forever, args=(outbox,),
                                              name=f"flusher-{outbox.number}")
@@ -931,6 +1005,7 @@ class ChatServer:
                     outbox.batch += action.line
                     outbox.wake()
                     stats["lines_out"] += len(outbox.members)
+                    self._lines_sent += len(outbox.members)
                 continue
             if isinstance(action, CutRelay):
                 self._files.cut(action.transfer)
@@ -940,6 +1015,7 @@ class ChatServer:
             if isinstance(action, Send):
                 connection.personal.append((len(outbox.batch), action.line))
                 stats["lines_out"] += 1
+                self._lines_sent += 1
             elif isinstance(action, Register):
                 connection.room_from = len(outbox.batch)
                 outbox.members.add(connection)

@@ -14,6 +14,9 @@ A transfer's life:
        +--- REJECT, CANCEL, expiry, a party gone, a failed relay, RECEIVED ---> ended
 
 Every failure is a TransferError carrying the ERR code it becomes.
+
+RelayPacing, at the end, is the relays' budget: how many bytes they may move
+now, given the time and how many chat lines the server has sent lately.
 """
 
 from __future__ import annotations
@@ -223,3 +226,79 @@ class TransferTable:
         else:
             del self._sent[transfer.sender]
         return transfer
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """RelayPacing's answer to a relay: move up to `count` bytes now, or ask again after
+    `wait` seconds (count 0). `charged`: how many of them were drawn from the busy budget."""
+
+    count: int
+    wait: float = 0.0
+    charged: int = 0
+
+
+class RelayPacing:
+    """How fast a server's relays may move bytes: flat out while chat is quiet, together at
+    most `rate` bytes a second while it is busy (SPEC.md 11a.3, rationale; README, Sharing files).
+
+    On a machine where the server shares its cores, two relays going as fast as loopback
+    allows take the processor the chat lines need, however low their threads' priority:
+    much of their work is the kernel's, which niceness does not reach. So the relays yield
+    to chat. Chat is busy once `busy_lines` lines were sent within `window` seconds (or,
+    between two looks further apart, on average at that rate), and stays busy for `hold`
+    seconds after it was last seen so. While it is busy, every relay of the server draws
+    on one budget, so the bound holds however many transfers run: a relay is granted at
+    most `chunk` bytes at a time, drawn from the budget as they are granted (so that
+    relays asking at once cannot spend the same bytes), and a grant is given only while
+    the grants so far are no more than `chunk` bytes ahead of `rate`: a token bucket
+    `chunk` bytes deep, which one grant may overdraw and the next then waits for. Over any
+    stretch of busy time T the relays move at most rate * T + 2 * chunk bytes.
+
+    Pure: the caller passes the time (`now`) and its running count of chat lines sent
+    (`lines_sent`, which only grows), and serialises the calls of its relays. A relay asks
+    `allowance()` before each move and reports `moved()` after it (0 bytes if its socket
+    had none), which gives back what the grant left unused.
+    """
+
+    def __init__(self, rate: float, chunk: int, busy_lines: int, window: float, hold: float,
+                 now: float = 0.0, lines_sent: int = 0) -> None:
+        self.rate = rate
+        self.chunk = chunk
+        self.busy_lines = busy_lines
+        self.window = window
+        self.hold = hold
+        #: Where the current look at the chat began: (time, lines sent by then).
+        self._since = now
+        self._lines_since = lines_sent
+        #: Chat counts as busy until then.
+        self._busy_until = float("-inf")
+        #: When the bytes granted while busy would all have moved at `rate` (in the past,
+        #: or at most `chunk` bytes' time ahead, when a grant may be given).
+        self._paid_at = now
+
+    def busy(self, now: float, lines_sent: int) -> bool:
+        """Whether chat is busy now, given the lines sent so far."""
+        lines = lines_sent - self._lines_since
+        elapsed = now - self._since
+        if lines * self.window >= self.busy_lines * max(elapsed, self.window):
+            self._busy_until = now + self.hold
+            self._since, self._lines_since = now, lines_sent
+        elif elapsed >= self.window:
+            self._since, self._lines_since = now, lines_sent
+        return now < self._busy_until
+
+    def allowance(self, now: float, lines_sent: int, wanted: int) -> Grant:
+        """What a relay that wants to move `wanted` bytes may do now."""
+        if not self.busy(now, lines_sent):
+            return Grant(wanted)
+        wait = (self._paid_at - self.chunk / self.rate) - now
+        if wait > 0:
+            return Grant(0, wait)
+        count = min(wanted, self.chunk)
+        self._paid_at = max(self._paid_at, now) + count / self.rate
+        return Grant(count, charged=count)
+
+    def moved(self, grant: Grant, count: int) -> None:
+        """A relay moved `count` bytes of `grant`: the budget gets back what it left unused."""
+        self._paid_at -= (grant.charged - min(count, grant.charged)) / self.rate

@@ -1147,12 +1147,13 @@ class WholeFileServer(BrokenServer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._files = WholeFileRelay(self._relay_finished, float(self.limits.file_expiry or 1))
+        self._files = WholeFileRelay(self._relay_finished, float(self.limits.file_expiry or 1),
+                                     lambda: self._lines_sent)
 
 
 class OversizePassesRelay(_server_module.FileRelay):
     def _relay(self, source, sink, size, pair):
-        moved = _server_module._copy(source, sink, size, pair)
+        moved = _server_module._copy(source, sink, size, pair, self._pacer)
         return "ok" if moved == size else "aborted"  # the break: bytes past `size` go unnoticed
 
 
@@ -1164,7 +1165,8 @@ class OversizePassesServer(BrokenServer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._files = OversizePassesRelay(self._relay_finished, float(self.limits.file_expiry or 1))
+        self._files = OversizePassesRelay(self._relay_finished, float(self.limits.file_expiry or 1),
+                                          lambda: self._lines_sent)
 
 
 class DataConnectionsCountRoom(ChatRoom):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import socket
 import struct
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from chat import server as server_module
 from chat.client_files import (
     FileTransfers,
     IncomingFile,
@@ -295,3 +297,94 @@ def test_a_path_traversal_name_is_saved_in_the_downloads_folder_only(file_server
     bob.chat.send(bob.files.reject(received.transfer))
     assert [e.reason for e in bob.events()] == ["rejected"] == [e.reason for e in alice.events()]
     assert os.listdir(downloads) == [] and not (tmp_path / ".bashrc").exists()
+
+
+def test_while_chat_lines_flow_a_relay_keeps_to_the_busy_budget_and_a_cancel_cuts_its_wait(
+        make_server, tmp_path, monkeypatch):
+    """The relays yield to chat (RelayPacer in chat/server.py; SPEC.md 11a.3, rationale):
+    while lines flow, every relay together moves at most RELAY_BUSY_RATE bytes a second,
+    beyond the budget's depth and one overdraft (two chunks) and the one window that a
+    relay's first look may let through before it has seen the chat. A small budget makes
+    that bound far below what loopback does unpaced; a slower machine only moves less."""
+    rate, chunk = 1_000_000, 64 * 1024
+    monkeypatch.setattr(server_module, "RELAY_BUSY_RATE", rate)
+    monkeypatch.setattr(server_module, "RELAY_BUSY_CHUNK", chunk)
+    monkeypatch.setattr(server_module, "CHAT_BUSY_LINES", 2)  # 20 lines a second: carol sends more
+    # Busy stays busy for long after carol's last line, so that a stall of this (shared)
+    # machine cannot turn it quiet under the test's feet.
+    monkeypatch.setattr(server_module, "CHAT_BUSY_HOLD", 30.0)
+    server = make_server(FILE_LIMITS)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(16 * 1024 * 1024))
+    alice, bob = Party(server.address, "alice"), Party(server.address, "bob")
+    carol = LineClient(server.address).register("carol")
+    chatting = threading.Event()
+    stop = threading.Event()
+
+    def chat():
+        # PING and its PONG: one line sent by the server each, to carol alone.
+        for number in itertools.count():
+            carol.send(f"PING c{number}")
+            carol.expect(f"PONG c{number}")
+            if number == 20:
+                chatting.set()
+            if stop.wait(0.005):  # carol's own pace, at most 200 lines a second
+                return
+
+    chatter = threading.Thread(target=chat)
+    chatter.start()
+    try:
+        assert chatting.wait(DEADLINE)
+        baseline = open_descriptors()
+        sending, receiving = offer_and_accept(alice, bob, source, tmp_path)
+        started = time.monotonic()
+        measured = {}
+        enough = 2 * 1000 * 1000  # well above the slack below, far below the file
+
+        def recipient():
+            sock, first = open_data_connection(server.address, receiving.token)
+            received = len(first)
+            try:
+                while received < enough:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    received += len(data)
+                measured.update(received=received, seconds=time.monotonic() - started)
+                alice.chat.send(alice.files.cancel(sending))  # while the relay waits for its budget
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass  # the cut: a reset
+            finally:
+                sock.close()
+
+        def sender():
+            sock, _ = open_data_connection(server.address, sending.token)
+            try:
+                send_file(sock, sending.path, sending.size)
+            except OSError:
+                pass  # the cut
+            finally:
+                sock.close()
+
+        threads = [threading.Thread(target=recipient), threading.Thread(target=sender)]
+        for thread in threads:
+            thread.start()
+        for party in (alice, bob):
+            [ended] = party.events()
+            assert isinstance(ended, TransferEnded) and ended.reason == "cancelled"
+        for thread in threads:
+            thread.join(DEADLINE)
+        assert not any(thread.is_alive() for thread in threads)
+        slack = 2 * chunk + server_module.RELAY_WINDOW
+        assert measured["received"] >= enough
+        assert measured["received"] <= rate * measured["seconds"] + slack, (
+            f"{measured['received']} bytes in {measured['seconds']:.3f} s while chat was busy: "
+            f"more than {rate} bytes a second")
+        wait_for(lambda: open_descriptors() <= baseline, "the data connections' sockets closed")
+    finally:
+        stop.set()
+        chatter.join(DEADLINE)
+        for client in (alice.chat, bob.chat, carol):
+            client.close()

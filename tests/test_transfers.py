@@ -15,6 +15,8 @@ from chat.transfers import (
     RELAYED,
     RELAYING,
     SENDER,
+    Grant,
+    RelayPacing,
     TransferError,
     TransferTable,
     new_token,
@@ -226,3 +228,101 @@ def test_a_party_gone_ends_its_transfers_and_only_those():
 def test_tokens_are_128_random_bits_in_hex():
     token = new_token()
     assert len(token) == 32 and int(token, 16) >= 0 and token != new_token()
+
+
+# -- RelayPacing: the relays' budget while chat is busy -----------------------------------------
+
+RATE, CHUNK, BUSY_LINES, WINDOW, HOLD = 1000.0, 100, 10, 0.1, 1.0
+WANTED = 1_000_000
+#: Lines sent a second well above the busy rate (BUSY_LINES per WINDOW).
+CHATTY = 10 * BUSY_LINES / WINDOW
+
+
+def pacing(now=0.0, lines_sent=0) -> RelayPacing:
+    return RelayPacing(RATE, CHUNK, BUSY_LINES, WINDOW, HOLD, now, lines_sent)
+
+
+def test_while_chat_is_quiet_a_relay_moves_all_it_wants_and_owes_nothing():
+    pace = pacing()
+    for step in range(1, 50):
+        now = step * WINDOW
+        # One line short of busy in every window.
+        grant = pace.allowance(now, step * (BUSY_LINES - 1), WANTED)
+        assert grant == Grant(WANTED)
+        pace.moved(grant, WANTED)
+    assert not pace.busy(5.0, 49 * (BUSY_LINES - 1))
+
+
+def test_chat_is_busy_as_soon_as_busy_lines_are_sent_within_a_window():
+    pace = pacing()
+    assert not pace.busy(0.01, BUSY_LINES - 1)
+    assert pace.busy(0.02, BUSY_LINES)
+    assert pace.allowance(0.02, BUSY_LINES, CHUNK // 2) == Grant(CHUNK // 2, charged=CHUNK // 2)
+    assert pace.allowance(0.02, BUSY_LINES, WANTED) == Grant(CHUNK, charged=CHUNK)
+
+
+def test_a_trickle_between_looks_far_apart_is_busy_only_at_the_busy_rate():
+    # A relay may not look for seconds (it waited for its sender): the lines sent since
+    # are judged by their average rate, not as if they had all come within one window.
+    assert not pacing().busy(10.0, 10 * BUSY_LINES / WINDOW - 1)
+    assert pacing().busy(10.0, 10 * BUSY_LINES / WINDOW)
+
+
+def test_busy_lasts_hold_seconds_after_it_was_last_seen():
+    pace = pacing()
+    assert pace.busy(0.05, BUSY_LINES)
+    assert pace.busy(0.05 + HOLD / 2, BUSY_LINES)        # no line since: still busy
+    assert pace.busy(0.05 + HOLD - 0.001, BUSY_LINES)
+    assert not pace.busy(0.05 + HOLD, BUSY_LINES)
+    assert pace.allowance(0.05 + HOLD, BUSY_LINES, WANTED) == Grant(WANTED)
+
+
+def test_a_grant_may_overdraw_the_budget_once_and_the_next_waits_for_it():
+    pace = pacing()
+    assert pace.allowance(0.0, BUSY_LINES, WANTED).count == CHUNK   # a full bucket
+    assert pace.allowance(0.0, BUSY_LINES, WANTED).count == CHUNK   # overdrawn, once
+    grant = pace.allowance(0.0, BUSY_LINES, WANTED)
+    assert grant.count == 0 and grant.wait == pytest.approx(CHUNK / RATE)
+    assert pace.allowance(grant.wait, BUSY_LINES, WANTED).count == CHUNK
+
+
+def test_what_a_grant_leaves_unused_goes_back_to_the_budget():
+    pace = pacing()
+    for _ in range(3):   # a relay whose sender had nothing to read, three times
+        pace.moved(pace.allowance(0.0, BUSY_LINES, WANTED), 0)
+    pace.moved(pace.allowance(0.0, BUSY_LINES, WANTED), CHUNK // 2)
+    assert pace.allowance(0.0, BUSY_LINES, WANTED).count == CHUNK   # still within the bucket
+    assert pace.allowance(0.0, BUSY_LINES, WANTED).count == 0
+
+
+def busy_relays(relays: int, seconds: float, share: float) -> int:
+    """`relays` relays on the fastest machine there is (a move takes no time), all asking
+    at each instant before any of them moves, each moving `share` of what it was granted,
+    while chat sends CHATTY lines a second: the bytes they move in `seconds` of busy chat."""
+    start = WINDOW  # chat began at 0: busy from the relays' first look
+    pace = pacing()
+    now, moved, ready = start, 0, [start] * relays
+    while now < start + seconds:
+        lines = int(now * CHATTY)
+        grants = [pace.allowance(now, lines, WANTED) for relay in range(relays) if ready[relay] <= now]
+        for grant in grants:
+            assert grant.count < WANTED  # never the quiet answer
+            pace.moved(grant, int(grant.count * share))
+            moved += int(grant.count * share)
+        waits = [grant.wait for grant in grants if not grant.count]
+        if waits:
+            now += min(waits)
+    return moved
+
+
+@pytest.mark.parametrize("relays", [1, 2, 5])
+@pytest.mark.parametrize("share", [1.0, 0.25])
+def test_while_chat_is_busy_all_relays_together_keep_to_the_rate(relays, share):
+    seconds = 3.0
+    assert busy_relays(relays, seconds, share) <= RATE * seconds + 2 * CHUNK
+
+
+@pytest.mark.parametrize("relays", [1, 2, 5])
+def test_relays_that_move_all_they_are_granted_spend_the_whole_budget(relays):
+    seconds = 3.0
+    assert busy_relays(relays, seconds, 1.0) >= RATE * seconds - CHUNK
