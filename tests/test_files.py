@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -300,7 +301,7 @@ def test_a_path_traversal_name_is_saved_in_the_downloads_folder_only(file_server
 
 
 def test_while_chat_lines_flow_a_relay_keeps_to_the_busy_budget_and_a_cancel_cuts_its_wait(
-        make_server, tmp_path, monkeypatch):
+        make_server, tmp_path, monkeypatch, log_records):
     """The relays yield to chat (RelayPacer in chat/server.py; SPEC.md 11a.3, rationale):
     while lines flow, every relay together moves at most RELAY_BUSY_RATE bytes a second,
     beyond the budget's depth and one overdraft (two chunks) and the one window that a
@@ -382,7 +383,8 @@ def test_while_chat_lines_flow_a_relay_keeps_to_the_busy_budget_and_a_cancel_cut
         assert measured["received"] <= rate * measured["seconds"] + slack, (
             f"{measured['received']} bytes in {measured['seconds']:.3f} s while chat was busy: "
             f"more than {rate} bytes a second")
-        wait_for(lambda: open_descriptors() <= baseline, "the data connections' sockets closed")
+        log_records.wait_for("disconnect", count=2)  # logged once each data connection's socket is closed
+        assert open_descriptors() <= baseline
     finally:
         stop.set()
         chatter.join(DEADLINE)
