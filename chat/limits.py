@@ -91,7 +91,8 @@ class Limits:
     #: to send a few files at once, too few to flood a room with offers.
     file_per_user: int = 4
     #: [FILE-5] transfers open at once in all. Each holds two connections, two
-    #: threads and a window (a 1 MiB pipe in the kernel, 64 KiB inside TLS) while it relays (SPEC.md [FILE-20]).
+    #: threads and a window (a 1 MiB pipe in the kernel, 64 KiB inside TLS)
+    #: while it relays (SPEC.md [FILE-20]).
     file_per_server: int = 32
     #: [FILE-12] seconds an offer waits for ACCEPT (and the data connections
     #: for each other, and the receiver's verdict): long enough for a person
