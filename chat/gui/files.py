@@ -1,9 +1,10 @@
 """File sharing in the GUI (SPEC.md section 11a): its Tk face.
 
 The work is chat.client_files.FileSession's, the same as the CLI's; this module
-adds what a window offers: a "Send file..." button beside the input line, a
-dialog when somebody offers a file (accept into a folder of your choice, or
-decline), and a Transfers window with a progress bar, rate and time left per
+adds what a window offers: a "Send file..." button beside the input line
+(and files dropped on the window offered the same way, where Tk has tkdnd:
+chat/gui/drop.py), a dialog when somebody offers a file (accept into a
+folder of your choice, or decline), and a Transfers window with a progress bar, rate and time left per
 transfer. The /send, /accept, /reject, /cancel and /transfers commands work in
 the input line too. Main thread only, like the rest of chat/gui.
 
@@ -22,6 +23,7 @@ from chat import client
 from chat import client_core as core
 from chat.client_files import FileSession, Progress, Reply, Transfer, format_size
 from chat.gui.connection import ServerAddress
+from chat.gui.drop import enable_drops, local_files
 
 
 def data_opener(address: ServerAddress) -> Callable[[], object]:
@@ -63,6 +65,8 @@ class GuiFiles:
         self.button = ttk.Button(app.window.entry.master, text="Send file\N{HORIZONTAL ELLIPSIS}",
                                  command=self.choose_and_send)
         self.button.pack(side="right", padx=(6, 0))
+        #: Whether files dropped on the window are offered (tkdnd is there).
+        self.drops = enable_drops(app.root, self.dropped)
         #: The Transfers window, while a transfer is shown in it.
         self.transfers: tk.Toplevel | None = None
         #: A row per transfer: its label and progress bar, by reference (sender/tid).
@@ -111,16 +115,51 @@ class GuiFiles:
 
     def choose_and_send(self) -> None:
         """The button: to the private conversation shown, else to whom the user says."""
+        peer = self._recipient()
+        if not peer:
+            return
+        path = self.dialogs.file_to_send()
+        if path:
+            self._send(peer, [path])
+
+    def dropped(self, items: list[str]) -> None:
+        """Files dropped on the window (chat/gui/drop.py): each offered as the
+        button offers one, to the same recipient, asked once.
+
+        Several files are offered each, up to the server's file-per-user (a
+        folder's worth of photos is a common drop, and each still needs the
+        recipient's consent); more than that is refused whole with a note, as
+        the server would refuse the rest one by one ([FILE-1])."""
+        if self.app.status is not None:
+            return  # dropped as the window was closing
+        self._sync()
+        paths, refused = local_files(items)
+        for note in refused:
+            self.app._note(self.app.window.room, note)
+        if not paths:
+            return
+        at_once = self.app.core.features.get("file-per-user", 0)
+        if at_once and len(paths) > at_once:
+            self.app._note(self.app.window.room,
+                           f"not dropped: {len(paths)} files; this server takes at most {at_once} "
+                           "at once from one user: drop fewer")
+            return
+        peer = self._recipient()
+        if peer:
+            self._send(peer, paths)
+
+    def _recipient(self) -> str | None:
+        """The private conversation shown, else whom the user names."""
         self._sync()
         peer = self.app.window.current.peer
         if peer is None:
             others = [name for name in self.app.core.members if name != self.app.core.name]
             peer = self.dialogs.recipient(others)
-        if not peer:
-            return
-        path = self.dialogs.file_to_send()
-        if path:
-            self.carry_out(self.session.command(f"/send {peer.strip()} {path}"))
+        return peer.strip() if peer else None
+
+    def _send(self, peer: str, paths: list[str]) -> None:
+        for path in paths:
+            self.carry_out(self.session.command(f"/send {peer} {path}"))
 
     def _ask(self, transfer: Transfer) -> None:
         """The accept dialog: yes, then which folder; no (or no folder) declines."""
