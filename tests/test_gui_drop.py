@@ -62,6 +62,13 @@ def test_local_files_takes_paths_and_file_uris_and_refuses_the_rest(tmp_path):
     ]
 
 
+def test_local_files_reads_names_tkdnd_unquoted_a_byte_at_a_time(tmp_path):
+    cafe = tmp_path / "café menu.txt"
+    cafe.write_bytes(b"soup")
+    as_tkdnd_gives_it = str(cafe).encode("utf-8").decode("latin-1")
+    assert local_files([as_tkdnd_gives_it]) == ([str(cafe)], [])
+
+
 def test_without_tkdnd_the_window_is_as_it_was(x_display):
     """Where `package require tkdnd` fails, nothing is registered or bound."""
     root = tk.Tk()
@@ -200,6 +207,22 @@ def test_several_files_dropped_are_each_offered_to_one_recipient_asked_once(
         assert answers.asked == ["recipient"]
         book = FileTransfers("bob")
         assert sorted(file_line(bob, book).transfer.shown_name for _ in paths) == ["one.txt", "two.txt"]
+    finally:
+        source.close()
+
+
+def test_a_file_managers_uri_with_spaces_and_accents_is_offered(
+        alice, server, others, dnd_tools, tmp_path):
+    """A file manager sends text/uri-list, %-encoded (GLib's g_filename_to_uri)."""
+    bob = others("bob")
+    alice.wait_for("bob joined")
+    menu = tmp_path / "café menu.txt"
+    menu.write_bytes(b"soup of the day")
+    alice.app.files.dialogs = Answers(recipient="bob")
+    source = drag(alice, dnd_tools, [menu.as_uri()], alice.window.room.text)
+    try:
+        alice.wait_for("offered café menu.txt to bob")
+        assert file_line(bob, FileTransfers("bob")).transfer.shown_name == "café menu.txt"
     finally:
         source.close()
 

@@ -42,11 +42,25 @@ def local_files(items: list[str]) -> tuple[list[str], list[str]]:
             refused.append(f"not dropped: {item} is not a local file")
             continue
         path = Path(text)
+        if not path.is_file():
+            path = Path(_utf8_unquoted(text))
         if not path.is_absolute() or not path.is_file():
             refused.append(f"not dropped: {item} is not a file here (only files can be sent)")
             continue
         files.append(str(path))
     return files, refused
+
+
+def _utf8_unquoted(text: str) -> str:
+    """A path that tkdnd 2.6 (X11) %-unquoted a byte at a time, as UTF-8.
+
+    Its urn_unquote makes one character of each %XX, so that a file manager's
+    `caf%C3%A9.txt` arrives as `cafÃ©.txt`; those characters are the UTF-8
+    bytes. Text that is not such bytes is returned as it came."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return text
 
 
 def enable_drops(root: tk.Tk, on_drop: Callable[[list[str]], None]) -> bool:
