@@ -31,7 +31,6 @@ tk = pytest.importorskip("tkinter", reason="this Python has no tkinter")
 from chat.gui.drop import enable_drops, local_files  # noqa: E402  (after the tkinter check)
 from tests import test_gui  # noqa: E402
 from tests.test_gui_files import Answers, file_line  # noqa: E402
-from tests.xdisplay import _unavailable  # noqa: E402
 
 x_display, gui, alice, others = test_gui.x_display, test_gui.gui, test_gui.alice, test_gui.others
 
@@ -85,17 +84,24 @@ def test_without_tkdnd_the_window_is_as_it_was(x_display):
 # -- a real drag ----------------------------------------------------------------------------------
 
 
+def _missing(reason: str) -> None:
+    # As tests/xdisplay.py does for the display: a skip with the reason, a failure on CI.
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true, and the drag-and-drop tests cannot run: {reason}", pytrace=False)
+    pytest.skip(f"drag-and-drop tests: {reason}")
+
+
 @pytest.fixture
 def dnd_tools(x_display):
     """tkdnd in this Tk and xdotool on PATH, or a skip (a failure on CI) saying which is missing."""
     xdotool = shutil.which("xdotool")
     if xdotool is None:
-        _unavailable("no xdotool on PATH to drag with (Debian: apt-get install xdotool)")
+        _missing("no xdotool on PATH to drag with (Debian: apt-get install xdotool)")
     probe = tk.Tk()
     try:
         probe.tk.call("package", "require", "tkdnd")
     except tk.TclError as error:
-        _unavailable(f"Tk has no tkdnd, so no drag and drop ({error}; Debian: apt-get install tkdnd)")
+        _missing(f"Tk has no tkdnd, so no drag and drop ({error}; Debian: apt-get install tkdnd)")
     finally:
         probe.destroy()
     return xdotool
@@ -171,7 +177,7 @@ def drag(driver, xdotool: str, items: list[str], widget) -> DragSource:
 
 
 def test_a_file_dragged_onto_the_window_is_offered_as_the_button_offers_it(
-        alice, server, others, dnd_tools, tmp_path):
+        dnd_tools, alice, server, others, tmp_path):
     assert alice.app.files.drops
     bob = others("bob")
     alice.wait_for("bob joined")
@@ -191,7 +197,7 @@ def test_a_file_dragged_onto_the_window_is_offered_as_the_button_offers_it(
 
 
 def test_several_files_dropped_are_each_offered_to_one_recipient_asked_once(
-        alice, server, others, dnd_tools, tmp_path):
+        dnd_tools, alice, server, others, tmp_path):
     bob = others("bob")
     alice.wait_for("bob joined")
     paths = []
@@ -212,7 +218,7 @@ def test_several_files_dropped_are_each_offered_to_one_recipient_asked_once(
 
 
 def test_a_file_managers_uri_with_spaces_and_accents_is_offered(
-        alice, server, others, dnd_tools, tmp_path):
+        dnd_tools, alice, server, others, tmp_path):
     """A file manager sends text/uri-list, %-encoded (GLib's g_filename_to_uri)."""
     bob = others("bob")
     alice.wait_for("bob joined")
@@ -228,7 +234,7 @@ def test_a_file_managers_uri_with_spaces_and_accents_is_offered(
 
 
 def test_more_files_than_the_server_takes_at_once_are_refused_whole(
-        alice, server, others, dnd_tools, tmp_path):
+        dnd_tools, alice, server, others, tmp_path):
     at_once = alice.app.core.features["file-per-user"]
     paths = []
     for number in range(at_once + 1):
@@ -244,7 +250,7 @@ def test_more_files_than_the_server_takes_at_once_are_refused_whole(
         source.close()
 
 
-def test_a_web_address_dropped_is_refused_with_a_note(alice, server, others, dnd_tools, tmp_path):
+def test_a_web_address_dropped_is_refused_with_a_note(dnd_tools, alice, server, others, tmp_path):
     answers = alice.app.files.dialogs = Answers(recipient="bob")
     source = drag(alice, dnd_tools, ["https://example.org/report.pdf"], alice.window.entry)
     try:
