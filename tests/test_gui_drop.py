@@ -217,6 +217,26 @@ def test_several_files_dropped_are_each_offered_to_one_recipient_asked_once(
         source.close()
 
 
+def test_a_file_dropped_on_a_private_conversation_goes_to_that_person_unasked(
+        dnd_tools, alice, server, others, tmp_path):
+    """As the button does: the private conversation shown is the recipient."""
+    bob = others("bob")
+    alice.wait_for("bob joined")
+    private = alice.window.conversation("bob")
+    alice.window.select(private)
+    alice.wait_until(private.text.winfo_ismapped, lambda: "bob's tab is not shown")
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"for bob")
+    answers = alice.app.files.dialogs = Answers(recipient="nobody")
+    source = drag(alice, dnd_tools, [str(notes)], private.text)
+    try:
+        alice.wait_for("offered notes.txt to bob")
+        assert answers.asked == []
+        assert file_line(bob, FileTransfers("bob")).transfer.shown_name == "notes.txt"
+    finally:
+        source.close()
+
+
 def test_a_file_managers_uri_with_spaces_and_accents_is_offered(
         dnd_tools, alice, server, others, tmp_path):
     """A file manager sends text/uri-list, %-encoded (GLib's g_filename_to_uri)."""

@@ -83,8 +83,9 @@ def enable_drops(root: tk.Tk, on_drop: Callable[[list[str]], None]) -> bool:
     registered: set[str] = set()
 
     def register(widget: tk.Misc) -> None:
-        # tkdnd on X11 offers a drop to the widget under the pointer itself,
-        # not its parents: each one needs the type and the binding.
+        # tkdnd 2.6 on X11 offers a drop to a widget under the pointer (the
+        # innermost one, or one of its parents), and only a widget with the
+        # type and the binding takes it: each of them gets both.
         path = str(widget)
         if path in registered or not widget.winfo_exists():
             return
@@ -100,7 +101,8 @@ def enable_drops(root: tk.Tk, on_drop: Callable[[list[str]], None]) -> bool:
 
     register_tree(root)
     # Widgets made later (a private conversation's tab) are registered when
-    # they first show: the window's own tag is in each of its widgets' bindtags.
+    # they first show, in case the drop is offered to them: the window's own
+    # tag is in each of its widgets' bindtags.
     def mapped(event: tk.Event) -> None:
         # event.widget is a string for a widget tkinter did not make.
         if isinstance(event.widget, tk.Misc) and event.widget.winfo_toplevel() is root:
