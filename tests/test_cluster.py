@@ -75,6 +75,29 @@ class Engine:
         finally:
             connection.close()
 
+    def wait_for(self, condition, what: str, *keys: bytes):
+        """`condition()`'s value once it holds, within DEADLINE: asked again each time
+        Redis says one of `keys` changed (keyspace notifications), so the test
+        waits for the servers' own trim period ([CLUSTER-9]) without polling."""
+        watcher = backplane.RedisConnection("127.0.0.1", self.port, 0)
+        try:
+            watcher.command(b"CONFIG", b"SET", b"notify-keyspace-events", b"Kth")  # streams, hashes
+            watcher.send_commands([(b"SUBSCRIBE", *(b"__keyspace@0__:" + key for key in keys))],
+                                  timeout=DEADLINE)
+            for _ in keys:
+                watcher.reply()  # subscribed: from here on no change is missed
+            deadline = time.monotonic() + DEADLINE
+            while not (value := condition()):
+                # Heartbeats change the stream too: the deadline holds however often it wakes.
+                assert time.monotonic() < deadline, f"not within {DEADLINE} s: {what}"
+                try:
+                    watcher.reply()  # the next change to one of the keys
+                except TimeoutError:
+                    raise AssertionError(f"not within {DEADLINE} s: {what}") from None
+            return value
+        finally:
+            watcher.close()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()  # SIGTERM: Redis writes its file and exits.
@@ -338,16 +361,6 @@ def test_the_whole_kit_passes_against_a_cluster_of_three(engine, servers):
 QUIET_STREAM_MAX = 2 * (2 * 5 + 2)
 
 
-def wait_for(condition, what: str):
-    """Ask Redis until `condition()` holds (it is trimmed by the servers' own
-    period, [CLUSTER-9]), within DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
-    return value
-
-
 def talk(people: list[Client], names: list[str], text: str, count: int) -> list[list[str]]:
     """Each sends `count` MSGs (within flood-burst), and all of them reach
     everyone, in one order. Each one's MSG lines, in the order received."""
@@ -377,8 +390,9 @@ def test_the_stream_stays_bounded_and_a_new_server_starts_from_a_snapshot(engine
     for round_ in range(3):
         talk(people, names, f"r{round_}", 15)
         # More entries than the bound were appended this round alone.
-        wait_for(lambda: engine.command(b"XLEN", backplane.STREAM) <= QUIET_STREAM_MAX,
-                 f"the stream trimmed to {QUIET_STREAM_MAX} entries after round {round_}")
+        engine.wait_for(lambda: engine.command(b"XLEN", backplane.STREAM) <= QUIET_STREAM_MAX,
+                        f"the stream trimmed to {QUIET_STREAM_MAX} entries after round {round_}",
+                        backplane.STREAM)
     first = engine.command(b"XRANGE", backplane.STREAM, b"-", b"+", b"COUNT", b"1")
     assert not first or b" user " not in first[0][1][1], "the JOINs were never trimmed"
     late = Server(engine)
@@ -408,14 +422,17 @@ def test_a_slow_server_holds_the_trim_back_and_misses_nothing(engine, clients):
             [(last_id, _)] = engine.command(b"XREVRANGE", backplane.STREAM, b"+", b"-", b"COUNT", b"1")
             # The fast server has applied every MSG, taken a snapshot after them
             # and trimmed (one pipeline): only the slow one holds the stream back.
-            wait_for(lambda: backplane.id_key(engine.command(b"HGET", backplane.SNAPSHOT, b"id") or b"0")
-                     >= backplane.id_key(last_id), "a snapshot after the MSGs")
+            def snapshot_id():
+                return backplane.id_key(engine.command(b"HGET", backplane.SNAPSHOT, b"id") or b"0")
+
+            engine.wait_for(lambda: snapshot_id() >= backplane.id_key(last_id), "a snapshot after the MSGs",
+                            backplane.SNAPSHOT)
             assert engine.command(b"XLEN", backplane.STREAM) > 15 * len(names)
         finally:
             slow.process.send_signal(signal.SIGCONT)
         assert read_msgs(bob, len(view)) == view
-        wait_for(lambda: engine.command(b"XLEN", backplane.STREAM) <= QUIET_STREAM_MAX,
-                 "the stream trimmed once the slow server caught up")
+        engine.wait_for(lambda: engine.command(b"XLEN", backplane.STREAM) <= QUIET_STREAM_MAX,
+                        "the stream trimmed once the slow server caught up", backplane.STREAM)
     finally:
         fast.stop()
         slow.stop()
