@@ -74,6 +74,7 @@ class DataLink:
 
     def present(self, token: str) -> None:
         self.peer.send_line(f"DATA {token}")
+        self.peer.carries_bytes = True  # from here on, file data: no LEAVE at the clean-up
 
     def _recv(self, deadline: float) -> bytes | None:
         """Some bytes, b"" at EOF, None at the deadline; ConnectionResetError passes."""

@@ -192,6 +192,10 @@ class Peer:
         #: When True, a line cut short by the server closing is not a violation
         #: (the slow-consumer case: the server may cut a client it drops).
         self.tolerate_cut = False
+        #: When True, the connection carries a file's bytes, not lines (a data
+        #: connection once its DATA is sent, [FILE-15]): the clean-up closes it
+        #: without LEAVE, which would be file data, and reads nothing more as lines.
+        self.carries_bytes = False
         #: Rules the server broke on this connection, whatever the case checked.
         self.violations: list[Violation] = []
         #: The room's password, for a case that sends USER itself in a room that
@@ -306,7 +310,7 @@ class Peer:
         LEAVE closes both a registered connection (after `LEAVE name quit`) and
         an unregistered one ([LEAVE-1], [LEAVE-2]), so the kit leaves no trace.
         """
-        if self.connected:
+        if self.connected and not self.carries_bytes:
             self.transcript.record(self.label, "note", note="clean-up")
             self.send_raw(b"LEAVE\n")
 
@@ -317,7 +321,7 @@ class Peer:
         need the slot, and [LIMIT-3] frees it before the server closes.
         """
         try:
-            while self.connected and time.monotonic() < deadline:
+            while self.connected and not self.carries_bytes and time.monotonic() < deadline:
                 self._read_more(deadline)
                 self._pending.clear()
         except CaseCancelled:
