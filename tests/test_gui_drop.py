@@ -132,6 +132,12 @@ class DragSource:
 
         self.driver.wait_until(reported, lambda: f"{expected!r} from the drag source; it said {self.seen}")
 
+    def __enter__(self) -> DragSource:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(DEADLINE)
@@ -184,16 +190,13 @@ def test_a_file_dragged_onto_the_window_is_offered_as_the_button_offers_it(
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(os.urandom(200_000))
     answers = alice.app.files.dialogs = Answers(recipient="bob")
-    source = drag(alice, dnd_tools, [str(photo)], alice.window.room.text)
-    try:
+    with drag(alice, dnd_tools, [str(photo)], alice.window.room.text):
         alice.wait_for("offered photo.jpg to bob")
         assert answers.asked == ["recipient"]  # the file is known: no file dialog
         offer = file_line(bob, FileTransfers("bob"))
         assert isinstance(offer, OfferReceived)
         assert (offer.transfer.shown_name, offer.transfer.size) == ("photo.jpg", 200_000)
         screenshot(alice, tmp_path)
-    finally:
-        source.close()
 
 
 def test_several_files_dropped_are_each_offered_to_one_recipient_asked_once(
@@ -206,15 +209,12 @@ def test_several_files_dropped_are_each_offered_to_one_recipient_asked_once(
         paths[-1].write_bytes(name.encode())
     answers = alice.app.files.dialogs = Answers(recipient="bob")
     # Onto the list of who is online this time: any part of the window takes a drop.
-    source = drag(alice, dnd_tools, [str(path) for path in paths], alice.window.members)
-    try:
+    with drag(alice, dnd_tools, [str(path) for path in paths], alice.window.members):
         alice.wait_for("offered two.txt to bob")
         assert "offered one.txt to bob" in alice.room_text()
         assert answers.asked == ["recipient"]
         book = FileTransfers("bob")
         assert sorted(file_line(bob, book).transfer.shown_name for _ in paths) == ["one.txt", "two.txt"]
-    finally:
-        source.close()
 
 
 def test_a_file_dropped_on_a_private_conversation_goes_to_that_person_unasked(
@@ -228,13 +228,10 @@ def test_a_file_dropped_on_a_private_conversation_goes_to_that_person_unasked(
     notes = tmp_path / "notes.txt"
     notes.write_bytes(b"for bob")
     answers = alice.app.files.dialogs = Answers(recipient="nobody")
-    source = drag(alice, dnd_tools, [str(notes)], private.text)
-    try:
+    with drag(alice, dnd_tools, [str(notes)], private.text):
         alice.wait_for("offered notes.txt to bob")
         assert answers.asked == []
         assert file_line(bob, FileTransfers("bob")).transfer.shown_name == "notes.txt"
-    finally:
-        source.close()
 
 
 def test_a_file_managers_uri_with_spaces_and_accents_is_offered(
@@ -245,12 +242,9 @@ def test_a_file_managers_uri_with_spaces_and_accents_is_offered(
     menu = tmp_path / "café menu.txt"
     menu.write_bytes(b"soup of the day")
     alice.app.files.dialogs = Answers(recipient="bob")
-    source = drag(alice, dnd_tools, [menu.as_uri()], alice.window.room.text)
-    try:
+    with drag(alice, dnd_tools, [menu.as_uri()], alice.window.room.text):
         alice.wait_for("offered café menu.txt to bob")
         assert file_line(bob, FileTransfers("bob")).transfer.shown_name == "café menu.txt"
-    finally:
-        source.close()
 
 
 def test_more_files_than_the_server_takes_at_once_are_refused_whole(
@@ -261,24 +255,18 @@ def test_more_files_than_the_server_takes_at_once_are_refused_whole(
         paths.append(tmp_path / f"{number}.txt")
         paths[-1].write_bytes(b"x")
     answers = alice.app.files.dialogs = Answers(recipient="bob")
-    source = drag(alice, dnd_tools, [str(path) for path in paths], alice.window.room.text)
-    try:
+    with drag(alice, dnd_tools, [str(path) for path in paths], alice.window.room.text):
         alice.wait_for(f"not dropped: {at_once + 1} files; this server takes at most {at_once} at once")
         assert answers.asked == []
         assert "offered" not in alice.room_text()
-    finally:
-        source.close()
 
 
 def test_a_web_address_dropped_is_refused_with_a_note(dnd_tools, alice, server, others, tmp_path):
     answers = alice.app.files.dialogs = Answers(recipient="bob")
-    source = drag(alice, dnd_tools, ["https://example.org/report.pdf"], alice.window.entry)
-    try:
+    with drag(alice, dnd_tools, ["https://example.org/report.pdf"], alice.window.entry):
         alice.wait_for("not dropped: https://example.org/report.pdf is not a local file")
         assert answers.asked == []
         assert "offered" not in alice.room_text()
-    finally:
-        source.close()
 
 
 def screenshot(driver, tmp_path: Path) -> None:
