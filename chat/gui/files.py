@@ -132,7 +132,6 @@ class GuiFiles:
         the server would refuse the rest one by one ([FILE-1])."""
         if self.app.status is not None:
             return  # dropped as the window was closing
-        self._sync()
         paths, refused = local_files(items)
         for note in refused:
             self.app._note(self.app.window.room, note)
