@@ -42,6 +42,14 @@ def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def data_connections_closed(log_records, baseline: int):
+    """Both data connections' ends, once logged (the server logs a data connection
+    after closing its socket); by then the descriptors are back to `baseline`."""
+    ends = log_records.wait_for("disconnect", count=2)
+    assert open_descriptors() <= baseline
+    return ends
+
+
 class Party:
     """A chat client with a file book: the lines it sends, the events it gets."""
 
@@ -145,8 +153,7 @@ def test_a_file_reaches_its_recipient_checked_and_only_then_under_its_name(file_
     assert carol.chat.barrier() == []  # carol saw nothing of it
     # The operator's log says a file went from whom to whom, and never which file.
     # Nobody else disconnects in this test: the two ends logged are the data connections'.
-    ends = log_records.wait_for("disconnect", count=2)
-    assert open_descriptors() <= baseline  # a data connection is logged once its socket is closed
+    ends = data_connections_closed(log_records, baseline)
     assert [record.fields["reason"] for record in ends] == ["relayed", "relayed"]
     assert [record.fields["outcome"] for record in log_records.events("relay")] == ["ok"]
     assert not any("holiday" in record.getMessage() for record in list(log_records.records))
@@ -207,8 +214,7 @@ def test_a_data_connection_that_stops_mid_way_aborts_the_transfer_for_both(
     assert incoming.size < receiving.size
     incoming.discard()
     assert os.listdir(tmp_path) == ["big.bin"]
-    log_records.wait_for("disconnect", count=2)  # logged once each data connection's socket is closed
-    assert open_descriptors() <= baseline
+    data_connections_closed(log_records, baseline)
 
 
 def test_a_wrong_hash_is_caught_by_the_recipient_and_both_are_told(file_server, parties, tmp_path):
@@ -383,8 +389,7 @@ def test_while_chat_lines_flow_a_relay_keeps_to_the_busy_budget_and_a_cancel_cut
         assert measured["received"] <= rate * measured["seconds"] + slack, (
             f"{measured['received']} bytes in {measured['seconds']:.3f} s while chat was busy: "
             f"more than {rate} bytes a second")
-        log_records.wait_for("disconnect", count=2)  # logged once each data connection's socket is closed
-        assert open_descriptors() <= baseline
+        data_connections_closed(log_records, baseline)
     finally:
         stop.set()
         chatter.join(DEADLINE)
