@@ -24,12 +24,16 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.cluster import OPT_IN_SCENARIOS
+from bench.cluster import CLUSTER_SCENARIOS
+from bench.engines import scenario_engines
 from bench.net import BenchTimeout
 from bench.scenarios import REFERENCE_SERVER_FLAGS, SCENARIOS, ScenarioError, Settings
 from bench.serverproc import REPO_ROOT, ServerError, parse_host_port
 from bench.stats import median_of_runs
 
+#: Scenarios run only when asked for by name (not in `all`): each needs an
+#: engine installed (redis-server; for engines, nats-server too).
+OPT_IN_SCENARIOS = {**CLUSTER_SCENARIOS, "engines": scenario_engines}
 #: File descriptors the generator needs besides one per client.
 SPARE_FDS = 64
 
@@ -55,8 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--scenario", action="append",
                         choices=list(SCENARIOS) + ["all"] + list(OPT_IN_SCENARIOS),
-                        help="scenario to run (repeatable; default: all; the cluster-* ones only by name: "
-                             "they need redis-server)")
+                        help="scenario to run (repeatable; default: all; the cluster-* ones and engines "
+                             "only by name: they need redis-server, and engines nats-server too)")
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="benchmark this running server instead of starting the reference server")
     parser.add_argument("--server-pid", type=int, metavar="PID",

@@ -28,13 +28,10 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+from bench.engines import Redis
 from bench.net import Barrier, EventLoop, open_clients
 from bench.scenarios import (
     REFERENCE_SERVER_FLAGS,
@@ -49,44 +46,6 @@ from bench.scenarios import (
 )
 from bench.serverproc import ReferenceServer, read_cpu_seconds, read_rss_kb
 from bench.stats import latency_summary
-
-#: Seconds Redis may take to say it is ready (it takes milliseconds).
-REDIS_START_TIMEOUT_S = 10.0
-
-
-class Redis:
-    """A redis-server on a free port of 127.0.0.1, without persistence."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ScenarioError("redis-server is not installed (apt-get install redis-server)")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.directory = tempfile.TemporaryDirectory(prefix="bench-redis-")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.directory.name], stdout=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-        for line in self.process.stdout:
-            if "Ready to accept connections" in line:
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            raise ScenarioError(f"redis-server exited with status {self.process.wait()}")
-        self.pid = self.process.pid
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.process.stdout.close()
-        self.directory.cleanup()
 
 
 class ClusterRoom(Room):
@@ -375,6 +334,6 @@ def scenario_cluster_connections(settings: Settings) -> list[Case]:
                 share.close()
 
 
-#: Scenarios run only when asked for by name (not in `all`).
-OPT_IN_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout,
+#: The cluster's scenarios: run only when asked for by name (not in `all`).
+CLUSTER_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout,
                     "cluster-connections": scenario_cluster_connections}

@@ -165,14 +165,15 @@ def no_threads_left_behind():
 #: broken-server suite runs the kit as a process per broken server; the
 #: benchmark's smoke run starts servers and load generators; the kit's
 #: fairness, --server-cmd and 30 ms jitter-proxy suites run whole kit runs; the
-#: file-sharing suite moves 200 MB files between clients, plain and TLS.
+#: file-sharing suite moves 200 MB files between clients, plain and TLS; the
+#: engines' suite needs nats-server, which only `once` installs.
 #: tox runs them once, in its `once` environment, instead of once per
 #: interpreter (the kit itself still runs every case against the reference
 #: server, plain and TLS, on every interpreter: tests/test_conformance_kit.py);
 #: a plain `pytest` runs them with the rest.
 ONCE_MODULES = frozenset({"test_kit_can_fail.py", "test_bench.py", "test_proxy.py",
                           "test_conformance_controller.py", "test_conformance_fairness.py",
-                          "test_files_big.py"})
+                          "test_files_big.py", "test_bench_engines.py"})
 
 
 def pytest_configure(config):
