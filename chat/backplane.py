@@ -21,10 +21,12 @@ Redis. Standard library only: RESP2, the few commands used here, over a socket.
                       log one after another (Stream); any other line waits
                       until the ones before it are back ([ORDER-4])
 
-Why Redis Streams (README, "Running a cluster"): one `redis-server` process,
-a Debian package with no configuration, and a stream is exactly the ordered,
-durable log the design needs (XADD gives each entry its place and time, XREAD
-BLOCK follows it). NATS JetStream would do too, with a second server to run.
+Why Redis Streams (README, "Running a cluster", with figures from `python -m
+bench --scenario engines`): one `redis-server` process, a Debian package with
+no configuration, and a stream is exactly the ordered, durable log the design
+needs (XADD gives each entry its place and time, XREAD BLOCK follows it).
+NATS JetStream would do too: 0.1 ms quicker from append to read, but four
+times Redis's CPU for the same entries, and a stream and consumers to set up.
 """
 
 from __future__ import annotations
