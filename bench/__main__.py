@@ -9,8 +9,9 @@ Examples (from the repository root):
     python -m bench --server 127.0.0.1:5000 --server-pid 1234
 
 Results are printed as tables and written as JSON (bench-results/latest.json
-unless --json says otherwise). The exit status is 1 if any scenario failed or
-any line was lost, so the benchmark can also serve as a check.
+unless --json says otherwise). The exit status is 1 if any scenario failed, or
+any line was lost or seen out of order, so the benchmark can also serve as a
+check.
 """
 
 from __future__ import annotations
@@ -253,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{time.monotonic() - started:.1f} s", flush=True)
         cases = {case: {"median": median_of_runs(values), "runs": values} for case, values in runs.items()}
         results["scenarios"][name] = {"cases": cases, "errors": errors}
-        lost = sum(case["median"].get("lost", 0) or 0 for case in cases.values())
-        if errors or lost or not cases:
+        # Lines lost, or seen out of order (the worst run's count): the run
+        # measured a broken server or engine, whatever its speed.
+        broken = sum(case["median"].get(key, 0) or 0
+                     for case in cases.values() for key in ("lost", "order_errors"))
+        if errors or broken or not cases:
             failed = True
 
     print()

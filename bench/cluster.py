@@ -196,11 +196,15 @@ def hold_share(settings: Settings, address: tuple[str, int], names: list[str], c
 @contextlib.contextmanager
 def two_servers(settings: Settings,
                 max_clients: int) -> Iterator[tuple[Redis, list[ReferenceServer], list[Room]]]:
-    """A fresh Redis and two servers on it, one per CPU when pinning; the
+    """A fresh Redis and two servers on it, one per CPU when pinning (CPU 1
+    and 2, Redis on CPU 3 if there is one; on two CPUs, server B shares CPU 0
+    with the generator and Redis); the
     rooms the caller adds to the list are closed after the servers stop,
     and Redis last."""
     cpus = sorted(os.sched_getaffinity(0) | (settings.server_cpus or set()))
-    redis = Redis()
+    # With four CPUs or more, Redis gets one of its own, as each server does;
+    # with fewer it stays on the generator's (where it starts).
+    redis = Redis({cpus[3]} if settings.server_cpus and len(cpus) >= 4 else None)
     servers: list[ReferenceServer] = []
     rooms: list[Room] = []
     try:

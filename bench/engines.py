@@ -388,7 +388,7 @@ def throughput_run(log) -> dict:
         elapsed = time.perf_counter() - started
     writer.close()
     return {"entries": ENTRIES, "append_per_s": ENTRIES / appended, "read_by_all_per_s": ENTRIES / elapsed,
-            "extra_reads": sum(counts) - READERS * ENTRIES, "out_of_order": sum(disorder)}
+            "extra": sum(counts) - READERS * ENTRIES, "order_errors": sum(disorder)}
 
 
 def measured(start: Callable[[set[int] | None], EngineProcess], make_log, run: Callable[[object], dict],
