@@ -110,10 +110,10 @@ class Engine:
 class Server:
     """A reference server of the cluster, in a process of its own."""
 
-    def __init__(self, engine: Engine, lease: int = LEASE) -> None:
+    def __init__(self, engine: Engine, lease: int = LEASE, options: tuple[str, ...] = ()) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chat.server", "--port", "0", "--backplane", engine.url,
-             "--backplane-lease", str(lease), "--log-level", "warning"],
+             "--backplane-lease", str(lease), "--log-level", "warning", *options],
             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
         line = self.process.stdout.readline()
         match = re.fullmatch(r"chat server listening on (\S+):(\d+)\n", line)
@@ -369,6 +369,25 @@ def test_the_whole_kit_passes_against_a_cluster_of_three(engine, servers):
         third.stop()
     assert done.returncode == 0, done.stdout[-4000:]
     assert "cluster-one-order" in done.stdout and ", 0 fail," in done.stdout
+
+
+def test_the_kits_cluster_cases_run_in_a_room_with_a_password(engine, tmp_path):
+    # Each case that sends USER itself lets the kit add PASS: none is n/a, or
+    # failed, because the room has a password.
+    password_file = tmp_path / "password"
+    password_file.write_text("sekrit\n")
+    pair = [Server(engine, options=("--password-file", str(password_file))) for _ in range(2)]
+    try:
+        addresses = ",".join("{}:{}".format(*server.address) for server in pair)
+        done = subprocess.run([sys.executable, "-m", "conformance", "--password", "sekrit", "-k", "cluster-",
+                               addresses], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        for server in pair:
+            server.stop()
+    assert done.returncode == 0, done.stdout[-4000:]
+    # cluster-one-order, cluster-name-race, cluster-users-snapshot.
+    assert "Cases: 3: 3 pass, 0 fail," in done.stdout, done.stdout[-4000:]
 
 
 #: [CLUSTER-9]: what the stream may hold once the room is quiet: the entries
