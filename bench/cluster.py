@@ -51,6 +51,8 @@ from bench.stats import latency_summary
 class ClusterRoom(Room):
     """Room's clients, spread over several servers: client i on server i % n."""
 
+    barrier_is_quiet = False
+
     def __init__(self, settings: Settings, servers: list[ReferenceServer], count: int) -> None:
         self.settings = settings
         self.server = servers[0]

@@ -287,9 +287,10 @@ class Client:
             # The hot path of the fan-out scenario: no Python work per line,
             # and no copy of the data but its last few bytes.
             self.lines += loop.receive_buffer.count(b"\n", 0, size)
-            self.tail.feed(loop.receive_view[max(0, size - self.tail.size) : size].tobytes())
             barrier = self.barrier
-            if barrier is not None and self.tail.ends_with(barrier.pong_line):
+            if barrier is None:
+                self.tail.feed(loop.receive_view[max(0, size - self.tail.size) : size].tobytes())
+            elif self.tail.feed(loop.receive_view[:size].tobytes(), watch=barrier.pong_line):
                 barrier.reached(self)
             return
         now_ns = time.perf_counter_ns()  # one receive time for the whole read

@@ -135,6 +135,12 @@ def name_prefix() -> str:
 class Room:
     """N registered clients on one event loop, with a barrier helper."""
 
+    #: Whether a PONG proves that every line sent before it has arrived. On
+    #: one server it does ([PING-2]); in a cluster lines from the other
+    #: servers may still be on their way (SPEC.md 11b), so a run waits for
+    #: the lines it expects as well (settle).
+    barrier_is_quiet = True
+
     def __init__(self, settings: Settings, server: Server, count: int, special: int = 0) -> None:
         """Connect `count` clients; the last `special` ones get a small receive buffer."""
         self.settings = settings
@@ -172,6 +178,16 @@ class Room:
         self.barrier(self.clients, "setup", settings.setup_timeout_s)
         for client in self.clients:
             client.reset_counts()
+
+    def settle(self, arrived: Callable[[Client], bool], clients: list[Client], timeout_s: float) -> None:
+        """After a drain's barrier: in a cluster, wait until `arrived(client)`
+        for every open client, within `timeout_s`; what has not arrived by then
+        is reported as lost, not as a failed run."""
+        if self.barrier_is_quiet:
+            return
+        with contextlib.suppress(BenchTimeout):
+            self.loop.run_until(lambda: all(client.closed or arrived(client) for client in clients),
+                                time.monotonic() + timeout_s, "every line from every server")
 
     def barrier(self, clients: list[Client], token: str, timeout_s: float, on_tick=None) -> None:
         barrier = Barrier(f"{token}-{random.randrange(10**9)}")
@@ -370,6 +386,10 @@ def fanout_run(settings: Settings, server: Server, room: Room) -> dict:
             time.monotonic() + settings.drain_timeout_s, "fan-out: waiting for echoes",
         )
         room.barrier(clients, "drain", settings.drain_timeout_s)
+        sent_so_far = sum(s.sent for s in senders)
+        # A counting client's lines: the MSG lines and the barrier's PONG.
+        room.settle(lambda client: (client.lines - 1 if client.counting else client.user_data.msgs)
+                    >= sent_so_far, clients, settings.drain_timeout_s)
     elapsed = time.monotonic() - started
     cpu = meter.stop()
     server.check_alive()
@@ -552,6 +572,7 @@ def fixed_rate_run(settings: Settings, server: Server, room: Room, rate: float, 
             loop.interleave = None
             sent = schedule.next_index
             room.barrier(others, "drain", settings.drain_timeout_s, on_tick=sample_rss)
+            room.settle(lambda client: client.user_data >= sent, others, settings.drain_timeout_s)
     finally:
         loop.interleave = None
         loop.read_delays = None

@@ -160,12 +160,14 @@ class LineSplitter:
 
 
 class TailWatcher:
-    """Remembers the last bytes of a stream to notice when it ends with a line.
+    """Remembers the last bytes of a stream, to notice a line in it across reads.
 
     Counting receivers do not split lines, yet the barrier must know when the
-    PONG it asked for arrived. In a quiet room the PONG is the last line sent,
-    so "the stream now ends with b'PONG token\\n'" is the signal; keeping only
-    the last `size` bytes makes that check cheap and works across split reads.
+    PONG it asked for arrived. Outside a barrier only the last `size` bytes of
+    each read are kept (cheap: the fan-out's hot path); during one, each read
+    is searched, with the end of the previous one in front, since the PONG
+    need not be the last line: in a cluster, lines that came through the log
+    from another server may follow it (SPEC.md 11b, [PING-2]).
     """
 
     __slots__ = ("size", "tail")
@@ -174,14 +176,12 @@ class TailWatcher:
         self.size = size
         self.tail = b""
 
-    def feed(self, data: bytes) -> None:
-        if len(data) >= self.size:
-            self.tail = data[-self.size :]
-        else:
-            self.tail = (self.tail + data)[-self.size :]
-
-    def ends_with(self, suffix: bytes) -> bool:
-        return self.tail.endswith(suffix)
+    def feed(self, data: bytes, watch: bytes | None = None) -> bool:
+        """Keep the stream's last bytes; whether `watch` (shorter than `size`)
+        came in `data`, or began in the previous read and ends in it."""
+        joined = self.tail + data if watch is not None or len(data) < self.size else data
+        self.tail = joined[-self.size :]
+        return watch is not None and watch in joined
 
 
 # ------------------------------------------------------------- message text

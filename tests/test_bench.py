@@ -155,13 +155,19 @@ def test_splitter_keeps_an_unfinished_line():
 
 def test_tail_watcher_sees_a_pong_split_across_reads():
     watcher = TailWatcher(size=16)
-    watcher.feed(b"x" * 1000 + b"MSG a b\nPO")
-    assert not watcher.ends_with(b"PONG t1\n")
-    watcher.feed(b"NG t")
-    watcher.feed(b"1\n")
-    assert watcher.ends_with(b"PONG t1\n")
-    watcher.feed(b"MSG late\n")
-    assert not watcher.ends_with(b"PONG t1\n")
+    assert not watcher.feed(b"x" * 1000 + b"MSG a b\nPO", watch=b"PONG t1\n")
+    assert not watcher.feed(b"NG t", watch=b"PONG t1\n")
+    assert watcher.feed(b"1\n", watch=b"PONG t1\n")
+    assert not watcher.feed(b"MSG late\n", watch=b"PONG t2\n")
+
+
+def test_tail_watcher_sees_a_pong_with_lines_after_it():
+    # In a cluster, lines from another server may follow the PONG (SPEC.md 11b).
+    watcher = TailWatcher(size=16)
+    watcher.feed(b"MSG a b\nPONG")
+    assert watcher.feed(b" t1\nMSG late from the other server\n", watch=b"PONG t1\n")
+    assert not watcher.feed(b"PONG t1\n")  # Outside a barrier it only keeps the tail.
+    assert watcher.tail.endswith(b"PONG t1\n")
 
 
 # ---------------------------------------------------------------- messages
