@@ -36,7 +36,19 @@ from collections.abc import Callable
 from chat import protocol
 from chat.limits import Limits
 from chat.protocol import ErrorCode, ProtocolError
-from chat.state import Action, Broadcast, ChatRoom, Close, Register, Send, Session, Unregister
+from chat.state import (
+    Action,
+    Broadcast,
+    ChatRoom,
+    Close,
+    CutRelay,
+    Register,
+    Relay,
+    Send,
+    Session,
+    Unregister,
+)
+from chat.transfers import RECIPIENT, RELAYING, SENDER, Transfer, new_token
 
 #: [CLUSTER-5]: seconds a server may stay silent in the log before the others
 #: declare it gone and send its users' LEAVEs. Each server writes a heartbeat
@@ -50,8 +62,15 @@ HEARTBEATS_PER_LEASE = 5
 #: for each to come back: they need no state the ones before them change
 #: (chat/backplane.py, Stream).
 STREAMED = frozenset({"msg", "act", "pm"})
+#: The entries of file sharing ([CLUSTER-11]).
+FILE_KINDS = frozenset({"offer", "accept", "reject", "cancel", "received", "data", "relayed"})
 #: The entry kinds and how many fields each carries; a text field is the last.
-ARITY = {"user": 1, "msg": 1, "act": 1, "pm": 2, "nick": 1, "users": 0, "leave": 1, "alive": 1}
+#: The file kinds ([CLUSTER-11]): offer (recipient, tid, size, sha256, filename),
+#: accept (sender, tid, the sender's token, the recipient's), reject, cancel
+#: (sender, tid), received (sender, tid, verdict), data (token), and relayed
+#: (the transfer's id, its outcome), which a server appends for its relay.
+ARITY = {"user": 1, "msg": 1, "act": 1, "pm": 2, "nick": 1, "users": 0, "leave": 1, "alive": 1,
+         "offer": 5, "accept": 4, "reject": 2, "cancel": 2, "received": 3, "data": 1, "relayed": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +117,32 @@ class Append:
     awaited: bool
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class TransferChanged:
+    """A transfer's data connections are both here (RELAYING), or its relay's
+    outcome is in the log: the relays of this server may go on ([CLUSTER-12])."""
+
+    transfer: Transfer
+
+
+def transfer_id(transfer: Transfer) -> str:
+    """The name of a transfer's relay between servers: its sender's token,
+    unpredictable, the same on every server, and never reused."""
+    return transfer.tokens[SENDER]
+
+
+@dataclasses.dataclass(eq=False)
 class Member:
     """A registered user, on whichever server it is connected to."""
 
     name: str
     server: str
     session: int
+
+    @property
+    def id(self) -> str:
+        """For the log's records, as a Session's id is."""
+        return f"{self.server}/{self.session}"
 
 
 @dataclasses.dataclass
@@ -144,6 +182,9 @@ class ClusterRoom(ChatRoom):
         #: Servers declared gone ([CLUSTER-5]), for good.
         self.gone: set[str] = set()
         self._last_ms: int | None = None
+        #: [CLUSTER-11]: the room's transfers (ChatRoom's table, whose parties
+        #: here are Members), by transfer_id once accepted, for `relayed`.
+        self._accepted: dict[str, Transfer] = {}
 
     # -- this server's clients ---------------------------------------------------
 
@@ -201,6 +242,39 @@ class ClusterRoom(ChatRoom):
         super()._check_name(command.name)  # The room's own table stays empty: validity only.
         self._joining[session] = command.name
         return [self._append(session, "user", command.name)]
+
+    def _file_command(self, session: Session, command: protocol.FileCommand, now: float) -> list[Action]:
+        # [CLUSTER-11]: every file command goes through the log, as PM does: the
+        # transfers are the room's, the same table on every server. DATA too,
+        # so that a data connection may reach any server, and a token works
+        # once in the whole cluster. ACCEPT's tokens are made here, once, and
+        # carried in its entry.
+        if isinstance(command, protocol.Data):
+            if session.registered:
+                raise ProtocolError(ErrorCode.ALREADY_REGISTERED, "DATA opens a connection of its own")
+            return [self._append(session, "data", command.token)]
+        if not session.registered:
+            raise ProtocolError(ErrorCode.NOT_REGISTERED, "choose a name first: USER <name>")
+        if isinstance(command, protocol.Offer):
+            return [self._append(session, "offer", command.recipient, command.tid, str(command.size),
+                                 command.sha256, command.filename)]
+        if isinstance(command, protocol.Accept):
+            return [self._append(session, "accept", command.sender, command.tid, new_token(), new_token())]
+        if isinstance(command, protocol.Reject):
+            return [self._append(session, "reject", command.sender, command.tid)]
+        if isinstance(command, protocol.Cancel):
+            return [self._append(session, "cancel", command.sender, command.tid)]
+        verdict = "ok" if command.ok else "corrupt"
+        return [self._append(session, "received", command.sender, command.tid, verdict)]
+
+    def relay_finished(self, transfer: Transfer, outcome: str, now: float) -> list[Action]:
+        """This server's relay of `transfer` ended: the outcome goes to the log,
+        and takes effect where it stands there ([CLUSTER-12])."""
+        entry = Entry(self.server_id, 0, next(self._seq), "relayed", (transfer_id(transfer), outcome))
+        return [Append(entry, awaited=False)]
+
+    def _expire_transfers(self, now: float) -> list[Action]:
+        return []  # [CLUSTER-12]: on the log's clock, in _expire; not on this server's.
 
     def disconnect(self, session: Session, reason: str) -> list[Action]:
         """The connection ended without LEAVE: the others hear it through the log."""
@@ -286,6 +360,11 @@ class ClusterRoom(ChatRoom):
                         for server, (seen_ms, lease_ms) in state["leases"].items()}
         self.gone = set(state["gone"])
         self._last_ms = state["last_ms"]
+        # The snapshot holds no transfers: this server forgets those it knew
+        # (SPEC.md 11b: a data connection of one of them gets ERR BAD_TOKEN here).
+        actions += [CutRelay(transfer) for transfer in self._accepted.values()]
+        self._accepted.clear()
+        self._files = self._new_transfers()
         return actions
 
     # -- the log ----------------------------------------------------------------------
@@ -303,6 +382,8 @@ class ClusterRoom(ChatRoom):
         local = self._local.get(entry.session) if entry.server == self.server_id else None
         if local is not None and local.closing and entry.kind != "leave":
             local = None  # [STATE-2]: it receives nothing more.
+        if entry.kind in FILE_KINDS:
+            return actions + self._apply_file(entry, local, stamp_ms / 1000)
         key = self._by_session.get((entry.server, entry.session))
         if entry.kind == "user":
             return actions + self._apply_user(entry, local, entry.args[0])
@@ -369,11 +450,12 @@ class ClusterRoom(ChatRoom):
     def _apply_leave(self, key: str, member: Member, local: Session | None, reason: str) -> list[Action]:
         del self._roster[key]
         del self._by_session[(member.server, member.session)]
+        gone = self._member_gone(member)  # [FILE-13]: before the LEAVE
         line = protocol.format_leave(member.name, reason)
         if local is not None and reason == "quit":
             # [LEAVE-1]: the leaver's own LEAVE is its reply, then the close.
-            return [Broadcast(line), Unregister(local), Close(local)]
-        return [Broadcast(line)]  # A local leaver was unregistered when it ended.
+            return gone + [Broadcast(line), Unregister(local), Close(local)]
+        return gone + [Broadcast(line)]  # A local leaver was unregistered when it ended.
 
     def _expire(self, stamp_ms: int) -> list[Action]:
         """[CLUSTER-5]: declare gone every server silent for longer than its lease."""
@@ -390,7 +472,10 @@ class ClusterRoom(ChatRoom):
                 del self._leases[server]
                 self.gone.add(server)
                 actions += self._server_gone(server)
-        return actions
+        # [FILE-12] on the log's clock ([CLUSTER-12]): every server ends a
+        # transfer at the same entry. It can only be late, by up to a heartbeat
+        # period when nothing else is appended meanwhile.
+        return actions + ChatRoom._expire_transfers(self, stamp_ms / 1000)
 
     def _server_gone(self, server: str) -> list[Action]:
         leaves = []
@@ -398,6 +483,7 @@ class ClusterRoom(ChatRoom):
             if member.server == server:
                 del self._roster[key]
                 del self._by_session[(server, member.session)]
+                leaves += self._member_gone(member)
                 leaves.append(Broadcast(protocol.format_leave(member.name, "timeout")))
         if server != self.server_id:
             return leaves
@@ -420,3 +506,107 @@ class ClusterRoom(ChatRoom):
         self.server_id = self._new_id()
         self.own_ids.add(self.server_id)
         return unregister + leaves + close
+
+    # -- file sharing ([CLUSTER-11], [CLUSTER-12]) ----------------------------------------
+
+    def _session_of(self, member: Member) -> Session | None:
+        """The member's session if it is this server's and still open."""
+        session = self._local.get(member.session) if member.server == self.server_id else None
+        return session if session is not None and not session.closing else None
+
+    def _apply_file(self, entry: Entry, local: Session | None, now: float) -> list[Action]:
+        """A file entry at the log's time `now` (seconds): the table's rules
+        (chat/transfers.py), with the lines for this server's parties."""
+        files = self._files
+        if files is None:
+            return []  # Entries of servers with other limits (README: give all the same).
+        try:
+            if entry.kind == "data":
+                return self._apply_data(local, entry.args[0])
+            if entry.kind == "relayed":
+                return self._apply_relayed(now, *entry.args)
+            key = self._by_session.get((entry.server, entry.session))
+            if key is None:
+                return []  # Its member left already: the entry came after its LEAVE.
+            member = self._roster[key]
+            if entry.kind == "offer":
+                return self._apply_offer(member, local, now, *entry.args)
+            transfer_key = (protocol.name_key(entry.args[0]), entry.args[1])
+            if entry.kind == "accept":
+                return self._apply_accept(member, transfer_key, now, entry.args[2], entry.args[3])
+            if entry.kind == "reject":
+                ended = files.reject(member, transfer_key)  # [FILE-9]
+            elif entry.kind == "cancel":
+                ended = files.cancel(member, transfer_key)  # [FILE-10]
+            else:
+                ended = files.received(member, transfer_key, entry.args[2] == "ok")  # [FILE-18]
+            return self._transfer_ended(ended, actor=member)
+        except ProtocolError as error:
+            return self._fail(local, error.code, error.text) if local is not None else []
+
+    def _apply_offer(self, sender: Member, local: Session | None, now: float, to: str, tid: str,
+                     size: str, sha256: str, filename: str) -> list[Action]:
+        recipient = self._roster.get(protocol.name_key(to))
+        if recipient is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_USER, f"{to} is not online")
+        self._files.offer(sender, recipient, (protocol.name_key(sender.name), tid), int(size), sha256,
+                          filename, now)
+        line = protocol.format_offer(sender.name, recipient.name, tid, int(size), sha256, filename)
+        to_session = self._session_of(recipient)
+        actions: list[Action] = []
+        if to_session is not None and to_session is not local:
+            actions.append(Send(to_session, line))
+        if local is not None:
+            actions.append(Send(local, line))  # [FILE-4]: the sender's copy last, its reply
+        return actions
+
+    def _apply_accept(self, member: Member, key: tuple[str, str], now: float, sender_token: str,
+                      recipient_token: str) -> list[Action]:
+        tokens = {SENDER: sender_token, RECIPIENT: recipient_token}
+        transfer = self._files.accept(member, key, now, tokens=tokens)  # [FILE-7]
+        self._accepted[transfer_id(transfer)] = transfer
+        actions: list[Action] = []
+        for side, party in ((SENDER, transfer.sender), (RECIPIENT, transfer.recipient)):
+            session = self._session_of(party)
+            if session is not None:
+                actions.append(Send(session, protocol.format_accepted(
+                    transfer.sender.name, transfer.key[1], transfer.tokens[side])))
+        return actions
+
+    def _apply_data(self, local: Session | None, token: str) -> list[Action]:
+        """[FILE-15], [FILE-16]: a data connection, on whichever server, presents its token."""
+        transfer, side = self._files.attach(token)
+        actions: list[Action] = []
+        if local is not None:
+            # No more lines on it, and no timers ([FILE-21]): it is the relay's.
+            local.closing = True
+            ready = protocol.format_ready(transfer.sender.name, transfer.key[1], transfer.size)
+            actions.append(Relay(local, transfer, side, transfer.size, ready))
+        if transfer.state == RELAYING:
+            actions.append(TransferChanged(transfer))  # Both are here: READY, on both servers.
+        return actions
+
+    def _apply_relayed(self, now: float, relay_id: str, outcome: str) -> list[Action]:
+        transfer = self._accepted.get(relay_id)
+        if transfer is None:
+            return []  # It ended meanwhile (CANCEL, a party gone).
+        ended = self._files.relay_finished(transfer, outcome, now)
+        return [TransferChanged(transfer)] + (self._transfer_ended(ended) if ended is not None else [])
+
+    def _member_gone(self, member: Member) -> list[Action]:
+        """[FILE-13]: the member's transfers end `gone`, for the other party."""
+        if self._files is None:
+            return []
+        return [action for transfer in self._files.party_gone(member)
+                for action in self._transfer_ended(transfer, skip=member)]
+
+    def _transfer_ended(self, transfer: Transfer, actor: Member | None = None,
+                        skip: Member | None = None) -> list[Action]:
+        """[FILE-11] for the parties on this server, and the cut of its relays."""
+        self._accepted.pop(transfer.tokens.get(SENDER, ""), None)
+        line = protocol.format_ended(transfer.sender.name, transfer.key[1], transfer.reason)
+        parties = [party for party in transfer.parties() if party is not actor and party is not skip]
+        if actor is not None:
+            parties.append(actor)  # Its reply, last.
+        sessions = [self._session_of(party) for party in parties]
+        return [Send(session, line) for session in sessions if session is not None] + [CutRelay(transfer)]

@@ -207,8 +207,12 @@ class ChatRoom:
         #: The optional verbs this room offers ([CMD-5]).
         self._optional_verbs = limits.optional_verbs()
         #: File transfers (SPEC.md section 11a), if this server relays files.
-        self._files = (TransferTable(limits.file_max, limits.file_per_user, limits.file_per_server,
-                                     limits.file_expiry) if limits.file_max else None)
+        self._files = self._new_transfers()
+
+    def _new_transfers(self) -> TransferTable | None:
+        limits = self.limits
+        return (TransferTable(limits.file_max, limits.file_per_user, limits.file_per_server,
+                              limits.file_expiry) if limits.file_max else None)
 
     # -- connections --------------------------------------------------------
 

@@ -128,13 +128,16 @@ class TransferTable:
 
     # -- the recipient's side -----------------------------------------------------------
 
-    def accept(self, party: Hashable, key: tuple[str, str], now: float) -> Transfer:
-        """[FILE-7]: tokens for both sides; the data connections have `expiry` seconds."""
+    def accept(self, party: Hashable, key: tuple[str, str], now: float,
+               tokens: dict[str, str] | None = None) -> Transfer:
+        """[FILE-7]: tokens for both sides (`tokens`, by side, if the caller made
+        them: a cluster's servers take them from the log); the data connections
+        have `expiry` seconds."""
         transfer = self._offered_to(party, key)
         transfer.state = ACCEPTED
         transfer.deadline = now + self.expiry
         for side in (SENDER, RECIPIENT):
-            token = self._make_token()
+            token = tokens[side] if tokens else self._make_token()
             transfer.tokens[side] = token
             self._by_token[token] = (transfer, side)
         return transfer

@@ -12,9 +12,11 @@ beyond a kit: the reference server's tests cause them (tests/test_cluster.py).
 
 from __future__ import annotations
 
+import os
 import threading
 
 from conformance.case import CaseContext, python_case
+from conformance.cases_files import DataLink, accept, expect_ended, offer, send_through
 from conformance.peer import Line, Peer
 
 #: Messages each talker sends in cluster-one-order: within any flood-burst
@@ -23,6 +25,9 @@ from conformance.peer import Line, Peer
 MESSAGES_EACH = 5
 #: Attempts at the name race: each is a fresh pair of connections.
 RACES = 4
+#: Bytes of cluster-file-across's file: several of any relay's chunks (the
+#: reference's are 64 KiB), within what a server's `file-max` usually allows.
+ACROSS_BYTES = 600 * 1024
 
 
 def _msg_lines(peer: Peer, count: int, ids: tuple[str, ...]) -> list[str]:
@@ -155,3 +160,45 @@ def cluster_users_snapshot(ctx: CaseContext) -> None:
     if not {ctx.name_for("alice"), ctx.name_for("bob")} <= set(listed):
         raise ctx.fail("alice and bob listed", " ".join(listed), ids=["CLUSTER-4"], who="alice")
     carol.expect_line(f"JOIN {carol_name}", ids=("USER-1",))
+
+
+@python_case("cluster-file-across", covers=["CLUSTER-11", "CLUSTER-12", "FILE-16"], needs=["file-max"],
+             quote=[
+    "A cluster that advertises `file-max` > 0 MUST put OFFER, ACCEPT, REJECT, CANCEL, RECEIVED and DATA in "
+    "the log like the commands of [CLUSTER-1]",
+    "The two data connections of a transfer MAY reach two servers.",
+])
+def cluster_file_across(ctx: CaseContext) -> None:
+    """A file of several chunks goes from alice to bob, each on a server of
+    their own, with each data connection on another server than its party's
+    (with two servers: on the other party's); then the sender's token, used
+    already, is refused on yet another server: a token works once in the
+    whole cluster. Against one server: a transfer, and its token once."""
+    alice = ctx.register("alice")
+    bob = ctx.register("bob")
+    alice.expect_line(f"JOIN {bob.name}")
+    data = os.urandom(min(ACROSS_BYTES, ctx.hello.get("file-max")))
+    offer(alice, bob, "x1", data)
+    sender_token, recipient_token = accept(alice, bob, "x1")
+    # Clients go to the servers in turn: bob's data connection to the next
+    # server after bob's, alice's to the one after that.
+    receiving = DataLink(ctx, "bob-data")
+    receiving.present(recipient_token)
+    sending = DataLink(ctx, "alice-data")
+    sending.present(sender_token)
+    receiving.expect_ready(alice.name, "x1", len(data), ids=("CLUSTER-12", "FILE-15"))
+    sending.expect_ready(alice.name, "x1", len(data), ids=("CLUSTER-12", "FILE-15"))
+    got, how = send_through(sending, receiving, data)
+    if how != "EOF" or got != data:
+        actual = f"{len(got)} bytes ({'the same' if got == data else 'different'}), then {how}"
+        raise ctx.fail(f"the {len(data)} bytes sent, unchanged, then an orderly end", actual,
+                       ids=["CLUSTER-12", "FILE-15"], who=receiving.label)
+    bob.send_line(f"RECEIVED {alice.name} x1 ok")
+    expect_ended(alice, bob, "x1", "done", ids=("CLUSTER-11", "FILE-18"))
+    again = ctx.peer("alice-data-again")
+    again.expect_match(r"HELLO chat/1 .*")
+    again.send_line(f"DATA {sender_token}")
+    again.expect_error("BAD_TOKEN", ids=("CLUSTER-11", "FILE-16"))
+    again.expect_closed(ids=("FILE-16",))
+    alice.quiet()
+    bob.quiet()

@@ -521,3 +521,209 @@ def test_a_senders_entries_out_at_once_are_a_sliding_window(rooms):
     assert waited == seqs[:2] + [seqs[-1]]
     stream.finish()  # Nothing out any more: no wait.
     assert waited == seqs[:2] + [seqs[-1]]
+
+
+# -- [CLUSTER-11], [CLUSTER-12]: file sharing across servers ------------------------------
+
+FILES = Limits(register_timeout=0, ping_interval=0, max_per_address=0, file_max=1000, file_per_user=2,
+               file_per_server=3, file_expiry=5)
+HASH = "ab" * 32
+
+
+@pytest.fixture
+def file_rooms():
+    one = ClusterRoom(FILES, "one", lease=LEASE_MS / 1000, new_id=ids("one-b"))
+    two = ClusterRoom(FILES, "two", lease=LEASE_MS / 1000)
+    return one, two, Log(one, two)
+
+
+def sent(actions, session):
+    return [a.line for a in actions if isinstance(a, Send) and a.session is session]
+
+
+def command(room, log, session, line):
+    """`line` from `session`: what is decided at once (nothing, if it went to the log)."""
+    actions = log.take(room.handle(session, line.encode(), 0.0))
+    room.awaiting.pop(session, None)
+    return actions
+
+
+def offered(file_rooms, size=10):
+    """alice (on one) offers bob (on two) a file; both have seen the OFFER."""
+    one, two, log = file_rooms
+    alice, bob = register(one, log, "alice"), register(two, log, "bob")
+    log.run()
+    assert command(one, log, alice, f"OFFER bob t1 {size} {HASH} a file.txt") == []
+    out = log.run()
+    line = f"OFFER alice bob t1 {size} {HASH} a file.txt\n".encode()
+    assert sent(out[one], alice) == [line] and sent(out[two], bob) == [line]
+    return alice, bob
+
+
+def accepted(file_rooms, alice, bob):
+    """bob accepts: each gets ACCEPTED with a token of its own; (alice's token, bob's)."""
+    one, two, log = file_rooms
+    command(two, log, bob, "ACCEPT alice t1")
+    out = log.run()
+    [to_alice], [to_bob] = sent(out[one], alice), sent(out[two], bob)
+    assert to_alice.startswith(b"ACCEPTED alice t1 ") and to_bob.startswith(b"ACCEPTED alice t1 ")
+    return to_alice.split()[3].decode(), to_bob.split()[3].decode()
+
+
+def test_a_file_goes_across_servers_with_its_data_connections_anywhere(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    alice_token, bob_token = accepted(file_rooms, alice, bob)
+    # bob's data connection reaches server one, alice's server two.
+    bob_data, alice_data = connect(one), connect(two)
+    command(one, log, bob_data, f"DATA {bob_token}")
+    out = log.run()
+    [relay] = out[one]
+    assert isinstance(relay, cluster.Relay) and relay.session is bob_data and relay.side == "recipient"
+    assert relay.ready == b"READY alice t1 10\n" and bob_data.closing
+    assert out[two] == []  # Not both yet: nobody is told to go.
+    command(two, log, alice_data, f"DATA {alice_token}")
+    out = log.run()
+    [relay, changed] = out[two]
+    assert relay.session is alice_data and relay.side == "sender" and changed.transfer is relay.transfer
+    [changed] = out[one]  # Both are here: each server's side may send READY.
+    assert isinstance(changed, cluster.TransferChanged) and changed.transfer.state == "relaying"
+    assert cluster.transfer_id(relay.transfer) == cluster.transfer_id(changed.transfer) == alice_token
+    # The relay's outcome goes to the log; RECEIVED after it ends the transfer.
+    assert log.take(two.relay_finished(relay.transfer, "ok", 0.0)) == []
+    out = log.run()
+    assert [type(a) for a in out[one]] == [type(a) for a in out[two]] == [cluster.TransferChanged]
+    command(two, log, bob, "RECEIVED alice t1 ok")
+    out = log.run()
+    assert sent(out[one], alice) == [b"ENDED alice t1 done\n"] == sent(out[two], bob)
+    assert any(isinstance(a, cluster.CutRelay) for a in out[one])
+    # Both tokens are spent on every server.
+    late = connect(one)
+    command(one, log, late, f"DATA {alice_token}")
+    out = log.run()
+    assert sent(out[one], late)[0].startswith(b"ERR BAD_TOKEN ") and Close(late) in out[one]
+
+
+def test_a_failed_relay_ends_the_transfer_for_both(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    alice_token, bob_token = accepted(file_rooms, alice, bob)
+    for room, token in ((one, alice_token), (two, bob_token)):
+        command(room, log, connect(room), f"DATA {token}")
+    relays = [a for a in log.run()[one] if isinstance(a, cluster.Relay)]
+    log.take(one.relay_finished(relays[0].transfer, "aborted", 0.0))
+    out = log.run()
+    assert sent(out[one], alice) == [b"ENDED alice t1 aborted\n"] == sent(out[two], bob)
+    # An outcome of a transfer that ended already changes nothing.
+    log.take(two.relay_finished(relays[0].transfer, "aborted", 0.0))
+    assert log.run() == {one: [], two: []}
+
+
+def test_the_checks_of_an_offer_are_the_rooms_and_answer_the_offerer_only(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = register(one, log, "alice"), register(two, log, "bob")
+    log.run()
+    for line, code in ((f"OFFER carol t1 10 {HASH} f", "NO_SUCH_USER"),
+                       (f"OFFER bob t1 1001 {HASH} f", "FILE_TOO_LARGE")):
+        command(one, log, alice, line)
+        out = log.run()
+        assert [m.split()[1] for m in sent(out[one], alice)] == [code.encode()] and out[two] == []
+    command(two, log, bob, "ACCEPT alice t9")
+    assert sent(log.run()[two], bob)[0].startswith(b"ERR NO_SUCH_TRANSFER ")
+
+
+def test_a_self_offer_is_sent_once(file_rooms):
+    one, _, log = file_rooms
+    alice = register(one, log, "alice")
+    command(one, log, alice, f"OFFER alice t1 3 {HASH} f")
+    assert sent(log.run()[one], alice) == [f"OFFER alice alice t1 3 {HASH} f\n".encode()]
+
+
+def test_reject_and_cancel_end_the_transfer_for_both_the_actor_last(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    command(two, log, bob, "REJECT alice t1")
+    out = log.run()
+    assert sent(out[one], alice) == [b"ENDED alice t1 rejected\n"] == sent(out[two], bob)
+    command(one, log, alice, f"OFFER bob t2 5 {HASH} f")
+    log.run()
+    command(one, log, alice, "CANCEL alice t2")
+    out = log.run()
+    assert sent(out[one], alice) == [b"ENDED alice t2 cancelled\n"] == sent(out[two], bob)
+
+
+def test_a_leaving_party_ends_its_transfers_before_its_leave(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    log.take(one.disconnect(alice, "closed"))
+    out = log.run()
+    assert out[two] == [Send(bob, b"ENDED alice t1 gone\n"), cluster.CutRelay(out[two][1].transfer),
+                        Broadcast(b"LEAVE alice closed\n")]
+
+
+def test_a_silent_servers_transfers_end_gone(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    heartbeat(log, two)
+    for _ in range(LEASE_MS // 400 + 1):
+        log.now_ms += 400
+        heartbeat(log, two)
+    out = log.run()
+    assert sent(out[two], bob) == [b"ENDED alice t1 gone\n"]
+
+
+def test_an_offer_expires_on_the_logs_clock_not_the_servers(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    assert one.tick(1e9) == []  # This server's clock decides nothing.
+    offered_at = log.now_ms - 1  # The OFFER's place in the log.
+    log.now_ms = offered_at + 5000 - 1
+    heartbeat(log, one)
+    assert sent(log.run()[one], alice) == []
+    log.now_ms = offered_at + 5000
+    heartbeat(log, one)
+    out = log.run()
+    assert sent(out[one], alice) == [b"ENDED alice t1 expired\n"] == sent(out[two], bob)
+    command(two, log, bob, "ACCEPT alice t1")
+    assert sent(log.run()[two], bob)[0].startswith(b"ERR OFFER_EXPIRED ")
+
+
+def test_file_commands_before_user_and_data_after_it_are_refused_at_once(file_rooms):
+    one, _, log = file_rooms
+    stranger = connect(one)
+    [error] = command(one, log, stranger, f"OFFER bob t1 3 {HASH} f")
+    assert error.line.startswith(b"ERR NOT_REGISTERED ")
+    alice = register(one, log, "alice")
+    [error] = command(one, log, alice, "DATA 0123")
+    assert error.line.startswith(b"ERR ALREADY_REGISTERED ")
+
+
+def test_a_file_entry_of_a_member_gone_or_for_a_room_without_files_does_nothing(file_rooms):
+    one, two, log = file_rooms
+    log.entries.append((log.now_ms, Entry("two", 42, 1, "cancel", ("alice", "t1"))))
+    log.entries.append((log.now_ms, Entry("two", 0, 2, "relayed", ("nothing", "ok"))))
+    assert log.run() == {one: [], two: []}
+    without = ClusterRoom(Limits(register_timeout=0, ping_interval=0, max_per_address=0, file_max=0), "three")
+    plain_log = Log(without)
+    alice = register(without, plain_log, "alice")
+    plain_log.entries.append((plain_log.now_ms, Entry("two", 1, 1, "data", ("token",))))
+    assert plain_log.run()[without] == []
+    plain_log.take(without.disconnect(alice, "closed"))
+    assert broadcasts(plain_log.run()[without]) == [b"LEAVE alice closed\n"]
+
+
+def test_a_restored_server_forgets_the_transfers_it_knew(file_rooms):
+    one, two, log = file_rooms
+    alice, bob = offered(file_rooms)
+    alice_token, _ = accepted(file_rooms, alice, bob)
+    actions = one.restore(two.snapshot(), fresh=False)
+    assert [a for a in actions if isinstance(a, cluster.CutRelay)][0].transfer.tokens["sender"] == alice_token
+    late = connect(one)
+    command(one, log, late, f"DATA {alice_token}")
+    assert sent(log.run()[one], late)[0].startswith(b"ERR BAD_TOKEN ")
+
+
+def test_file_entries_survive_the_log_and_a_member_has_an_id():
+    entry = Entry("s1", 3, 7, "offer", ("bob", "t1", "10", HASH, "a  file .txt"))
+    assert decode(encode(entry)) == entry
+    assert cluster.Member("alice", "s1", 3).id == "s1/3"
