@@ -70,6 +70,18 @@ PIPELINE_MAX = 1000
 STREAM_MAX = 64
 #: Seconds the server's shutdown waits for its last LEAVEs to reach the log.
 FLUSH_GRACE = 1.0
+#: [CLUSTER-12]: a transfer's bytes go from the sender's server to the
+#: recipient's through Redis in chunks of FILE_CHUNK bytes, at most
+#: FILE_WINDOW chunks on their way at once: the 1 MiB window of a relay on
+#: one server ([FILE-20]), so Redis holds at most that much of a transfer.
+FILE_CHUNK = 64 * 1024
+FILE_WINDOW = 16
+#: Milliseconds a relay waits in one blocking Redis call before it looks
+#: again whether the transfer was cut (CANCEL, a party gone, shutdown).
+FILE_BLOCK_MS = 200
+#: Seconds a relay's keys outlive their last write: what an abandoned
+#: transfer (its servers gone) leaves in Redis, for this long at most.
+FILE_KEY_TTL = 600
 
 
 # [CLUSTER-9]: the scripts that keep the stream trimmed. Each runs in Redis
@@ -218,6 +230,82 @@ def parse_url(url: str) -> tuple[str, int, int]:
     return parts.hostname, parts.port or 6379, int(path or 0)
 
 
+class FileChannel:
+    """One transfer's bytes between two servers ([CLUSTER-12]), through Redis:
+    a stream of chunks, `chat1:file:<id>`, written by the sender's server and
+    read by the recipient's, ending with an entry that says how the sender's
+    side ended; and a list of credits, `chat1:file:<id>:credit`, one pushed
+    back for each chunk the recipient's server has handed on, so that at most
+    FILE_WINDOW chunks are on their way ([FILE-20]). Each side has a
+    connection of its own: the room's log never waits behind file bytes
+    ([FILE-19]). A relay thread's alone; every blocking call returns within
+    FILE_BLOCK_MS, so the thread can look whether it was cut."""
+
+    def __init__(self, backplane: Backplane, relay_id: str) -> None:
+        self._connection = RedisConnection(backplane.host, backplane.port, backplane.db)
+        self._stream = b"chat1:file:" + relay_id.encode()
+        self._credits = self._stream + b":credit"
+        self._window = FILE_WINDOW
+        self._last_id = b"0-0"
+        #: The ids of the chunks pull() returned last.
+        self._pulled: list[bytes] = []
+
+    def _pipeline(self, *commands: tuple[bytes, ...], timeout: float = REDIS_TIMEOUT) -> list:
+        self._connection.send_commands(list(commands), timeout)
+        return [self._connection.reply() for _ in commands]
+
+    # -- the sender's server --
+
+    def room(self) -> bool:
+        """Whether a chunk may go now; if the window is full, waits up to
+        FILE_BLOCK_MS for the recipient's server to hand one on."""
+        if not self._window:
+            [credit] = self._pipeline((b"BLPOP", self._credits, b"%.3f" % (FILE_BLOCK_MS / 1000)),
+                                      timeout=REDIS_TIMEOUT + FILE_BLOCK_MS / 1000)
+            self._window += credit is not None
+        return self._window > 0
+
+    def push(self, data: bytes) -> None:
+        self._window -= 1
+        self._pipeline((b"XADD", self._stream, b"*", b"d", data),
+                       (b"EXPIRE", self._stream, b"%d" % FILE_KEY_TTL))
+
+    def end(self, outcome: str) -> None:
+        """After the last chunk: how the sender's side ended ("ok", "aborted", "oversize")."""
+        self._pipeline((b"XADD", self._stream, b"*", b"end", outcome.encode()),
+                       (b"EXPIRE", self._stream, b"%d" % FILE_KEY_TTL))
+
+    # -- the recipient's server --
+
+    def pull(self) -> list[tuple[bytes, bytes]]:
+        """The next chunks, each (b"d", data) or (b"end", outcome); waits up to
+        FILE_BLOCK_MS for one, and returns none if none came."""
+        [reply] = self._pipeline((b"XREAD", b"COUNT", b"%d" % FILE_WINDOW, b"BLOCK", b"%d" % FILE_BLOCK_MS,
+                                  b"STREAMS", self._stream, self._last_id),
+                                 timeout=REDIS_TIMEOUT + FILE_BLOCK_MS / 1000)
+        chunks = []
+        self._pulled = []
+        for entry_id, fields in reply[0][1] if reply else ():
+            self._last_id = entry_id
+            self._pulled.append(entry_id)
+            chunks.append((fields[0], fields[1]))
+        return chunks
+
+    def handed_on(self) -> None:
+        """The chunks pulled last went to the recipient: they leave Redis, and
+        as many credits go back to the sender's server."""
+        self._pipeline((b"XDEL", self._stream, *self._pulled),
+                       (b"RPUSH", self._credits, *([b"1"] * len(self._pulled))),
+                       (b"EXPIRE", self._credits, b"%d" % FILE_KEY_TTL))
+
+    def delete(self) -> None:
+        """The relay is over (the recipient's server read its end, or it was cut)."""
+        self._pipeline((b"DEL", self._stream, self._credits))
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 class Stream:
     """One connection's commands on their way through the log ([ORDER-4]).
 
@@ -306,6 +394,10 @@ class Backplane:
 
     def stream(self, session) -> Stream:
         return Stream(self, session)
+
+    def file_channel(self, relay_id: str) -> FileChannel:
+        """A connection of its own for one side of a transfer's relay ([CLUSTER-12])."""
+        return FileChannel(self, relay_id)
 
     def submit(self, append: cluster.Append) -> None:
         """Queue an entry for the log. Called under the server's lock, so the

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
+import contextlib
 import fcntl
 import ipaddress
 import logging
@@ -71,7 +71,7 @@ from chat.state import (
     Session,
     Unregister,
 )
-from chat.transfers import RECIPIENT, SENDER, Grant, RelayPacing, Transfer
+from chat.transfers import ACCEPTED, RECIPIENT, RELAYING, SENDER, Grant, RelayPacing, Transfer
 from chat.transport import NotTLS, PlainTransport, TLSTransport
 
 log = logs.SERVER
@@ -298,6 +298,12 @@ class RelayCut(Exception):
     """The transfer ended elsewhere (CANCEL, a party gone, expiry, shutdown): stop relaying."""
 
 
+class RelayStalled(OSError):
+    """A relay between servers ([CLUSTER-12]) moved nothing for `file-expiry` seconds:
+    the other side's server is gone, or its client stopped. The transfer ends
+    `aborted`, as when a data connection breaks."""
+
+
 class RelayPair:
     """The two data connections of one transfer, as they arrive. Guarded by FileRelay's lock,
     except the wake-up pipe, which any thread may write to."""
@@ -516,6 +522,10 @@ class FileRelay:
         """Move `size` bytes, then expect the sender's end: "ok", "aborted" or "oversize"."""
         if self._move(source, sink, size, pair) < size:
             return "aborted"
+        return self._end_of_stream(source, pair)
+
+    def _end_of_stream(self, source: PlainTransport, pair: RelayPair) -> str:
+        """After `size` bytes: "ok" if the sender's end of stream comes next, in time."""
         deadline = time.monotonic() + self._end_timeout
         while True:
             try:
@@ -531,6 +541,141 @@ class FileRelay:
         if type(source) is PlainTransport and type(sink) is PlainTransport and hasattr(os, "splice"):
             return _splice(source, sink, size, pair, self._pacer)
         return _copy(source, sink, size, pair, self._pacer)
+
+
+class ClusterFileRelay(FileRelay):
+    """[CLUSTER-12]: the relay of a server in a cluster. A transfer's two data
+    connections may reach two servers, so each server serves only its own
+    side, and the bytes go between them through the engine
+    (chat.backplane.FileChannel), even when both sides are here: one way, one
+    set of tests. Each side waits until the room has both data connections
+    (the transfer RELAYING, from the log), sends READY, then:
+
+    - the sender's side reads the file from its client, a chunk at a time
+      within the channel's window ([FILE-20]) and the pacer's budget, then
+      the sender's end of stream; puts the outcome in the log and, for "ok",
+      waits until the log has applied it, and only then tells the other
+      side: so the recipient's RECEIVED always follows it in the log;
+    - the recipient's side hands the chunks on to its client, gives a credit
+      back for each, and ends its connection in order after an "ok" end, or
+      cuts it; if its own client breaks, it puts "aborted" in the log, which
+      cuts the sender's side wherever it is.
+
+    A side that moves nothing for `file-expiry` seconds (the other side's
+    server died, say: nothing else would end the transfer, since both
+    parties may still be in the room) ends it `aborted` ([FILE-21]: the
+    transfer's expiry bounds its data connections).
+    """
+
+    def __init__(self, on_finished: Callable[[Transfer, str], None], end_timeout: float,
+                 lines_sent: Callable[[], int], channel: Callable[[str], backplanes.FileChannel]) -> None:
+        super().__init__(on_finished, end_timeout, lines_sent)
+        self._channel = channel
+
+    def changed(self, transfer: Transfer) -> None:
+        """The room changed the transfer's state (cluster.TransferChanged). Under the server's lock."""
+        with self._lock:
+            self._changed.notify_all()
+
+    def _until(self, pair: RelayPair, done: Callable[[], bool]) -> None:
+        with self._lock:
+            while not pair.cut and not done():
+                self._changed.wait()
+            if pair.cut:
+                raise RelayCut()
+
+    def _serve_recipient(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
+        outcome, channel = "aborted", None
+        try:
+            self._until(pair, lambda: relay.transfer.state != ACCEPTED)
+            channel = self._channel(cluster.transfer_id(relay.transfer))
+            _send_all(transport, relay.ready, pair)  # [FILE-15]: both are here
+            outcome = self._hand_on(channel, transport, pair)
+        except OSError:
+            self._on_finished(relay.transfer, "aborted")  # Its client broke: the sender's side stops.
+        except RelayCut:
+            pass  # It ended elsewhere, and the sender's side is cut there.
+        finally:
+            if channel is not None:
+                with contextlib.suppress(OSError):
+                    channel.delete()
+                channel.close()
+        if outcome == "ok":
+            _close_in_order(transport)
+        else:
+            _reset(transport)
+
+    def _hand_on(self, channel: backplanes.FileChannel, transport: PlainTransport, pair: RelayPair) -> str:
+        """The chunks to the recipient until the sender's side's end: its outcome."""
+        stalled_at = time.monotonic() + self._end_timeout
+        while True:
+            if pair.cut:
+                raise RelayCut()
+            chunks = channel.pull()
+            if not chunks and time.monotonic() > stalled_at:
+                raise RelayStalled()
+            for kind, data in chunks:
+                if kind == b"end":
+                    return data.decode()
+                _send_all(transport, data, pair)
+            if chunks:
+                channel.handed_on()
+                stalled_at = time.monotonic() + self._end_timeout
+
+    def _serve_sender(self, relay: Relay, pair: RelayPair, transport: PlainTransport) -> None:
+        outcome, channel = "aborted", None
+        try:
+            self._until(pair, lambda: relay.transfer.state != ACCEPTED)
+            channel = self._channel(cluster.transfer_id(relay.transfer))
+            _send_all(transport, relay.ready, pair)
+            outcome = self._send_on(channel, transport, relay.size, pair)
+            self._on_finished(relay.transfer, outcome)
+            if outcome == "ok":
+                # [FILE-18]: RELAYED before the recipient can answer.
+                self._until(pair, lambda: relay.transfer.state != RELAYING)
+            channel.end(outcome)
+        except (OSError, RelayCut):
+            outcome = "aborted"
+            if not pair.cut:
+                self._on_finished(relay.transfer, outcome)
+        finally:
+            if channel is not None:
+                if pair.cut:
+                    # Each side removes the keys after its own last write: the
+                    # other side may have removed them before a last chunk.
+                    with contextlib.suppress(OSError):
+                        channel.delete()
+                channel.close()
+        if outcome == "ok":
+            transport.close_notify()  # the sender has ended its side already
+            transport.close()
+        else:
+            _reset(transport)
+
+    def _send_on(self, channel: backplanes.FileChannel, source: PlainTransport, size: int,
+                 pair: RelayPair) -> str:
+        """`size` bytes from the sender into the channel, then its end: the outcome."""
+        moved = 0
+        while moved < size:
+            stalled_at = time.monotonic() + self._end_timeout
+            while not channel.room():
+                if pair.cut:
+                    raise RelayCut()
+                if time.monotonic() > stalled_at:
+                    raise RelayStalled()
+            grant = self._pacer.allow(min(backplanes.FILE_CHUNK, size - moved), pair)
+            try:
+                data = source.recv(grant.count)
+            except BlockingIOError:
+                self._pacer.moved(grant, 0)
+                _wait(source, select.POLLIN, pair)
+                continue
+            self._pacer.moved(grant, len(data))
+            if not data:
+                return "aborted"  # the sender's end of stream, early
+            channel.push(data)
+            moved += len(data)
+        return self._end_of_stream(source, pair)
 
 
 def _wait(transport: PlainTransport, events: int, pair: RelayPair, timeout: float | None = None) -> None:
@@ -656,11 +801,6 @@ class ChatServer:
                  limits: Limits = DEFAULT_LIMITS, *, tls_context: ssl.SSLContext | None = None,
                  tls_port: int = 0, backplane: str | None = None,
                  lease: float | None = None) -> None:
-        if backplane is not None and limits.file_max:
-            # Each server relays its own users' data connections, and a
-            # cluster's room has no file sharing across servers yet: one of a
-            # cluster offers none (HELLO file-max=0, SPEC.md 11b).
-            limits = dataclasses.replace(limits, file_max=0)
         self.limits = limits
         #: (listening socket, TLS context or None) for each listener.
         self._listeners: list[tuple[socket.socket, ssl.SSLContext | None]] = []
@@ -702,8 +842,12 @@ class ChatServer:
         #: recipient), guarded by the lock; the relays read it, unlocked, to tell
         #: whether chat is busy (RelayPacer).
         self._lines_sent = 0
-        self._files = FileRelay(self._relay_finished, float(limits.file_expiry or 1),
-                                lambda: self._lines_sent)
+        if self._backplane is None:
+            self._files = FileRelay(self._relay_finished, float(limits.file_expiry or 1),
+                                    lambda: self._lines_sent)
+        else:  # SPEC.md 11b: a transfer's two sides may be on two servers.
+            self._files = ClusterFileRelay(self._relay_finished, float(limits.file_expiry or 1),
+                                           lambda: self._lines_sent, self._backplane.file_channel)
         for outbox in self._outboxes:
             outbox.thread = threading.Thread(target=self._flush_forever, args=(outbox,),
                                              name=f"flusher-{outbox.number}")
@@ -999,6 +1143,9 @@ class ChatServer:
         for action in actions:
             if self._backplane and isinstance(action, cluster.Append):
                 self._backplane.submit(action)  # cluster.Append: to the room's log.
+                continue
+            if isinstance(action, cluster.TransferChanged):
+                self._files.changed(action.transfer)
                 continue
             if isinstance(action, Broadcast):
                 for outbox in self._outboxes:

@@ -9,6 +9,8 @@ unnoticed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,13 +79,14 @@ class Engine:
         finally:
             connection.close()
 
-    def wait_for(self, condition, what: str, *keys: bytes):
+    def wait_for(self, condition, what: str, *keys: bytes, events: bytes = b"Kth"):
         """`condition()`'s value once it holds, within DEADLINE: asked again each time
-        Redis says one of `keys` changed (keyspace notifications), so the test
+        Redis says one of `keys` changed (keyspace notifications: `events`, by
+        default the changes of streams and hashes; `g` adds DEL), so the test
         waits for the servers' own trim period ([CLUSTER-9]) without polling."""
         watcher = backplane.RedisConnection("127.0.0.1", self.port, 0)
         try:
-            watcher.command(b"CONFIG", b"SET", b"notify-keyspace-events", b"Kth")  # streams, hashes
+            watcher.command(b"CONFIG", b"SET", b"notify-keyspace-events", events)
             watcher.send_commands([(b"SUBSCRIBE", *(b"__keyspace@0__:" + key for key in keys))],
                                   timeout=DEADLINE)
             for _ in keys:
@@ -327,15 +331,16 @@ def test_quick_cluster_benchmarks_lose_nothing_and_report_the_engine(tmp_path):
     """README's cluster commands in their quick form, and the engines
     scenario (about 7 s; nats-server comes with tox's `once` environment)."""
     results = tmp_path / "results.json"
-    scenarios = ["cluster-latency", "cluster-fan-out", "cluster-connections"]
+    scenarios = ["cluster-latency", "cluster-fan-out", "cluster-connections", "cluster-file"]
     if Nats.binary() is not None or os.environ.get("CI") == "true":
         scenarios.append("engines")
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(results),
                            *(argument for name in scenarios for argument in ("--scenario", name))],
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    figures = json.loads(results.read_text())["scenarios"]
+    figures = json.loads(results.read_text())["scenarios"] if results.exists() else {}
+    errors = {name: figures[name]["errors"] for name in figures if figures[name]["errors"]}
+    assert done.returncode == 0, f"errors: {errors}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     for name in scenarios:
         for case in figures[name]["cases"].values():
             for key in ("lost", "extra", "order_errors"):
@@ -353,6 +358,8 @@ def test_quick_cluster_benchmarks_lose_nothing_and_report_the_engine(tmp_path):
     [idle] = figures["cluster-connections"]["cases"].values()
     assert idle["median"]["held"] == idle["median"]["clients"] > 0
     assert idle["median"]["server_b_rss_kb"] > 0 and idle["median"]["redis_rss_kb"] > 0
+    [across] = [case for name, case in figures["cluster-file"]["cases"].items() if "2 servers" in name]
+    assert across["median"]["relayed_mb_per_s"] > 0 and across["median"]["redis_cpu_pct"] > 0
     if "engines" in scenarios:
         assert len(figures["engines"]["cases"]) == 4
 
@@ -386,8 +393,8 @@ def test_the_kits_cluster_cases_run_in_a_room_with_a_password(engine, tmp_path):
         for server in pair:
             server.stop()
     assert done.returncode == 0, done.stdout[-4000:]
-    # cluster-one-order, cluster-name-race, cluster-users-snapshot.
-    assert "Cases: 3: 3 pass, 0 fail," in done.stdout, done.stdout[-4000:]
+    # cluster-one-order, cluster-name-race, cluster-users-snapshot, cluster-file-across.
+    assert "Cases: 4: 4 pass, 0 fail," in done.stdout, done.stdout[-4000:]
 
 
 #: [CLUSTER-9]: what the stream may hold once the room is quiet: the entries
@@ -490,3 +497,154 @@ def test_the_pytest_plugin_spreads_a_cases_clients_over_a_clusters_servers(serve
     # Its second server taken away, the case fails: its clients did go to it.
     finished = plugin([servers[0].address, ("127.0.0.1", free_port())])
     assert finished.returncode == 1 and "1 failed" in finished.stdout, finished.stdout + finished.stderr
+
+
+# -- [CLUSTER-11], [CLUSTER-12]: files across servers -------------------------------------
+
+
+class DataConnection:
+    """A data connection ([FILE-15]): DATA <token>, READY, then the file's bytes."""
+
+    def __init__(self, server: Server, token: str) -> None:
+        self.sock = socket.create_connection(server.address, timeout=DEADLINE)
+        self.file = self.sock.makefile("rb")
+        assert self.file.readline().startswith(b"HELLO chat/1 ")
+        self.sock.sendall(f"DATA {token}\n".encode())
+
+    def ready(self) -> bytes:
+        return self.file.readline()
+
+    def read_to_end(self) -> tuple[bytes, str]:
+        chunks = []
+        try:
+            while chunk := self.file.read1(1 << 20):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            return b"".join(chunks), "reset"
+        return b"".join(chunks), "end"
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def offer_and_accept(alice: Client, bob: Client, data: bytes, tid: str) -> tuple[str, str]:
+    digest = hashlib.sha256(data).hexdigest()
+    alice.send(f"OFFER bob {tid} {len(data)} {digest} file.bin")
+    offer = f"OFFER alice bob {tid} {len(data)} {digest} file.bin"
+    assert bob.until(offer)[-1] == alice.until(offer)[-1]
+    bob.send(f"ACCEPT alice {tid}")
+    alice_token = alice.until("", prefix=f"ACCEPTED alice {tid} ")[-1].split()[3]
+    bob_token = bob.until("", prefix=f"ACCEPTED alice {tid} ")[-1].split()[3]
+    return alice_token, bob_token
+
+
+@pytest.fixture
+def parties(servers, clients) -> tuple[Client, Client]:
+    """alice on the first server, bob on the second, each in the room of the other."""
+    alice = clients(servers[0], "alice")
+    bob = clients(servers[1], "bob")
+    alice.until("JOIN bob")
+    return alice, bob
+
+
+@contextlib.contextmanager
+def relay(alice: Client, bob: Client, data: bytes, tid: str, sender_server: Server, recipient_server: Server):
+    """alice offers bob `data`, bob accepts, and each party's data connection
+    reaches the server given and has READY: yields (sending, receiving, alice's token)."""
+    alice_token, bob_token = offer_and_accept(alice, bob, data, tid)
+    sending = DataConnection(sender_server, alice_token)
+    receiving = DataConnection(recipient_server, bob_token)
+    try:
+        assert sending.ready() == receiving.ready() == f"READY alice {tid} {len(data)}\n".encode()
+        yield sending, receiving, alice_token
+    finally:
+        sending.close()
+        receiving.close()
+
+
+def test_a_file_crosses_servers_whichever_server_each_data_connection_reaches(engine, servers, parties):
+    alice, bob = parties
+    data = os.urandom(20 * 1024 * 1024 + 123)  # Many chunks, and a short last one.
+    # Each data connection reaches the other party's server.
+    with relay(alice, bob, data, "big", servers[1], servers[0]) as (sending, receiving, _):
+        def send() -> None:
+            sending.sock.sendall(data)
+            sending.sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        got, how = receiving.read_to_end()
+        sender.join()
+    assert how == "end" and len(got) == len(data) and got == data  # in order, unchanged, then FIN
+    bob.send("RECEIVED alice big ok")
+    assert alice.until("ENDED alice big done") and bob.until("ENDED alice big done")
+    # The recipient's server removed the relay's keys once it had read the end.
+    assert engine.command(b"KEYS", b"chat1:file:*") == []
+
+
+def test_a_cancel_cuts_a_relay_between_servers_on_both_sides(engine, servers, parties):
+    alice, bob = parties
+    data = bytes(8 * 1024 * 1024)
+    with relay(alice, bob, data, "c1", servers[0], servers[1]) as (sending, receiving, alice_token):
+        sending.sock.sendall(data[:1024 * 1024])  # Part of it, then the sender stops.
+        first = receiving.file.read1(1 << 20)
+        assert first and set(first) == {0}
+        alice.send("CANCEL alice c1")
+        assert alice.until("ENDED alice c1 cancelled") and bob.until("ENDED alice c1 cancelled")
+        got, how = receiving.read_to_end()
+        assert how == "reset" or len(first) + len(got) < len(data)  # [FILE-15]: a cut, never an end
+    stream = b"chat1:file:" + alice_token.encode()
+    engine.wait_for(lambda: engine.command(b"KEYS", b"chat1:file:*") == [], "the relay's keys removed",
+                    stream, stream + b":credit", events=b"Kgtl")
+
+
+def test_a_relay_whose_other_servers_side_died_ends_aborted_after_file_expiry(engine, clients):
+    # Both parties stay in the room, so no LEAVE would end the transfer: the
+    # recipient's side ends it once nothing came for file-expiry seconds.
+    three = [Server(engine, options=("--file-expiry", "3")) for _ in range(3)]
+    try:
+        alice = clients(three[0], "alice")
+        bob = clients(three[1], "bob")
+        alice.until("JOIN bob")
+        data = bytes(4 * 1024 * 1024)
+        with relay(alice, bob, data, "d1", three[2], three[1]) as (sending, receiving, _):
+            sending.sock.sendall(data[:512 * 1024])
+            assert receiving.file.read1(1 << 20)
+            three[2].stop(signal.SIGKILL)  # The sender's side, mid-relay.
+            started = time.monotonic()
+            assert alice.until("ENDED alice d1 aborted") and bob.until("ENDED alice d1 aborted")
+            assert time.monotonic() - started >= 1.5  # Not at once: after file-expiry (3 s) without a chunk.
+            got, how = receiving.read_to_end()
+            assert how == "reset"  # [FILE-15]: a cut, never an orderly end
+    finally:
+        for server in three:
+            server.stop()
+
+
+def test_a_stalled_recipient_holds_a_relay_between_servers_to_its_window(engine, servers, parties):
+    # [FILE-20] across servers: the recipient reads nothing, so its server
+    # hands nothing on and gives no credit back; the sender's server then
+    # stops at FILE_WINDOW chunks in Redis however much the sender offers.
+    alice, bob = parties
+    data = bytes(64 * 1024 * 1024)
+    with relay(alice, bob, data, "w1", servers[0], servers[1]) as (sending, receiving, alice_token):
+        def send() -> None:
+            with contextlib.suppress(OSError):  # The CANCEL below cuts it.
+                sending.sock.sendall(data)
+
+        sender = threading.Thread(target=send)
+        stream = b"chat1:file:" + alice_token.encode()
+        lengths: list[int] = []
+
+        def window_full() -> bool:
+            lengths.append(engine.command(b"XLEN", stream))
+            return lengths[-1] >= backplane.FILE_WINDOW
+
+        sender.start()
+        engine.wait_for(window_full, "a full window of chunks in Redis", stream, events=b"Kt")
+        assert max(lengths) == backplane.FILE_WINDOW
+        alice.send("CANCEL alice w1")
+        assert alice.until("ENDED alice w1 cancelled")
+    sender.join(DEADLINE)
+    assert not sender.is_alive()
