@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+from bench import files
 from bench.engines import Redis
 from bench.net import Barrier, EventLoop, open_clients
 from bench.scenarios import (
@@ -43,6 +44,7 @@ from bench.scenarios import (
     fanout_run,
     fixed_rate_run,
     latency_one,
+    run_with_server,
 )
 from bench.serverproc import ReferenceServer, read_cpu_seconds, read_rss_kb
 from bench.stats import latency_summary
@@ -340,6 +342,41 @@ def scenario_cluster_connections(settings: Settings) -> list[Case]:
                 share.close()
 
 
+def scenario_cluster_file(settings: Settings) -> list[Case]:
+    """One file of settings.file_size bytes relayed by one server, then across
+    two servers (SPEC.md 11b, [CLUSTER-12]): alice on server A, bob on B, and
+    each data connection on the other party's server, so that the bytes go
+    A -> Redis -> B; beside a direct loopback copy of the same bytes."""
+    size = settings.file_size
+    sha256 = files.payload_sha256(size)
+    name = f"one {size / 1e6:g} MB file"
+    [(_, single)] = run_with_server(settings, 64, lambda server: [(name, files.throughput_run(server, size))])
+    with two_servers(settings, 64) as (redis, servers, _):
+        prefix = files.file_prefix()
+        alice = files.Chat(servers[0].address, prefix + "a")
+        bob = files.Chat(servers[1].address, prefix + "b")
+        try:
+            alice.expect(f"JOIN {bob.name}")  # bob is in the room as alice's server holds it
+            pids = {"server": servers[0].pid, "server_b": servers[1].pid, "redis": redis.pid}
+            before = {key: read_cpu_seconds(pid) or 0.0 for key, pid in pids.items()}
+            rss_before = {key: read_rss_kb(pid) for key, pid in pids.items()}
+            seconds = files.relay_between(servers[1].address, alice, bob, size, sha256, "1",
+                                          recipient_address=servers[0].address)
+            cpu = {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - before[key]) / seconds
+                   for key, pid in pids.items()}
+        finally:
+            alice.close()
+            bob.close()
+        relayed = size / seconds / 1e6
+        # [FILE-20]: what the transfer left in each process (RSS after minus before).
+        rss_extra = {f"{key}_rss_extra_kb": (read_rss_kb(pid) or 0) - (rss_before[key] or 0)
+                     for key, pid in pids.items()}
+        cluster = {"size_mb": size / 1e6, "relayed_mb_per_s": relayed, "ratio_to_single":
+                   relayed / single["relayed_mb_per_s"], "lost": 0, **cpu, **rss_extra}
+    return [(name, single), (f"{name}, 2 servers + Redis", cluster)]
+
+
 #: The cluster's scenarios: run only when asked for by name (not in `all`).
 CLUSTER_SCENARIOS = {"cluster-latency": scenario_cluster_latency, "cluster-fan-out": scenario_cluster_fanout,
-                    "cluster-connections": scenario_cluster_connections}
+                     "cluster-connections": scenario_cluster_connections,
+                     "cluster-file": scenario_cluster_file}

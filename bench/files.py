@@ -42,7 +42,7 @@ STEP_TIMEOUT = 60.0
 _BLOCK = os.urandom(CHUNK)
 
 
-def _payload_sha256(size: int) -> str:
+def payload_sha256(size: int) -> str:
     digest = hashlib.sha256()
     for offset in range(0, size, CHUNK):
         digest.update(_BLOCK[:min(CHUNK, size - offset)])
@@ -78,7 +78,7 @@ def _receive_all(sock: socket.socket) -> int:
 # -- a chat client just good enough to offer, accept and relay -----------------------------------
 
 
-class _Chat:
+class Chat:
     def __init__(self, address: tuple[str, int], name: str) -> None:
         self.sock = socket.create_connection(address, timeout=STEP_TIMEOUT)
         self.buffer = b""
@@ -126,7 +126,8 @@ def _data_connection(address: tuple[str, int], token: str) -> socket.socket:
     return sock
 
 
-def _prefix() -> str:
+def file_prefix() -> str:
+    """A random prefix for the transfers' users, so that names never collide."""
     return "f" + "".join(random.choices(string.ascii_lowercase, k=5))
 
 
@@ -134,8 +135,8 @@ def relay_once(address: tuple[str, int], size: int, sha256: str, tid: str = "1",
                sample: callable | None = None) -> float:
     """One file of `size` bytes through the server; seconds from the first byte sent to
     the recipient's end of stream. `sample()` runs every 20 ms meanwhile (RSS)."""
-    prefix = _prefix()
-    alice, bob = _Chat(address, prefix + "a"), _Chat(address, prefix + "b")
+    prefix = file_prefix()
+    alice, bob = Chat(address, prefix + "a"), Chat(address, prefix + "b")
     try:
         return relay_between(address, alice, bob, size, sha256, tid, sample)
     finally:
@@ -143,9 +144,11 @@ def relay_once(address: tuple[str, int], size: int, sha256: str, tid: str = "1",
         bob.close()
 
 
-def relay_between(address: tuple[str, int], alice: _Chat, bob: _Chat, size: int, sha256: str, tid: str,
-                  sample: callable | None = None, pace: float = 0.0) -> float:
-    """relay_once() between two registered clients."""
+def relay_between(address: tuple[str, int], alice: Chat, bob: Chat, size: int, sha256: str, tid: str,
+                  sample: callable | None = None, pace: float = 0.0,
+                  recipient_address: tuple[str, int] | None = None) -> float:
+    """relay_once() between two registered clients; the recipient's data
+    connection to `recipient_address` if given (another server of a cluster)."""
     alice.send(f"OFFER {bob.name} {tid} {size} {sha256} bench.bin")
     alice.expect("OFFER ")
     bob.expect("OFFER ")
@@ -153,7 +156,7 @@ def relay_between(address: tuple[str, int], alice: _Chat, bob: _Chat, size: int,
     recipient_token = bob.expect("ACCEPTED ").split()[-1]
     sender_token = alice.expect("ACCEPTED ").split()[-1]
     received = {}
-    receiving = _data_connection_later(address, recipient_token, received)
+    receiving = _data_connection_later(recipient_address or address, recipient_token, received)
     sending = _data_connection(address, sender_token)
     receiving.join(STEP_TIMEOUT)
     started = time.perf_counter()
@@ -212,8 +215,8 @@ def direct_once(size: int) -> float:
 
 def throughput_run(server: Server, size: int) -> dict:
     """Relayed vs direct throughput, and the server's RSS during the relay."""
-    sha256 = _payload_sha256(size)
-    relay_once(server.address, min(size, 4 * CHUNK), _payload_sha256(min(size, 4 * CHUNK)))  # warm up
+    sha256 = payload_sha256(size)
+    relay_once(server.address, min(size, 4 * CHUNK), payload_sha256(min(size, 4 * CHUNK)))  # warm up
     idle_kb = server.rss_kb()
     peak = [idle_kb]
 
@@ -324,8 +327,9 @@ def _loop_main(host: str, port: str, size: str, parallel: str, seconds: str, pac
     # not starve the generator that measures the chat (which shares their CPU here).
     os.nice(19)
     address, size_bytes = (host, int(port)), int(size)
-    sha256 = _payload_sha256(size_bytes)
-    pairs = [(_Chat(address, _prefix() + "a"), _Chat(address, _prefix() + "b")) for _ in range(int(parallel))]
+    sha256 = payload_sha256(size_bytes)
+    pairs = [(Chat(address, file_prefix() + "a"), Chat(address, file_prefix() + "b"))
+             for _ in range(int(parallel))]
     moved = [0] * len(pairs)
     print("READY", flush=True)
     end = time.monotonic() + float(seconds)
