@@ -553,13 +553,16 @@ class ClusterFileRelay(FileRelay):
 
     - the sender's side reads the file from its client, a chunk at a time
       within the channel's window ([FILE-20]) and the pacer's budget, then
-      the sender's end of stream; puts the outcome in the log and, for "ok",
-      waits until the log has applied it, and only then tells the other
-      side: so the recipient's RECEIVED always follows it in the log;
-    - the recipient's side hands the chunks on to its client, gives a credit
-      back for each, and ends its connection in order after an "ok" end, or
-      cuts it; if its own client breaks, it puts "aborted" in the log, which
-      cuts the sender's side wherever it is.
+      the sender's end of stream, and writes how it ended into the channel;
+      a failure ("aborted", "oversize") also goes to the log, which ends the
+      transfer and cuts both sides;
+    - the recipient's side hands the chunks on to its client and gives a
+      credit back for each. After an "ok" end, every byte is with its
+      client: it puts "ok" in the log, waits until the log has applied it
+      (so the recipient's RECEIVED always follows it there), and ends its
+      connection in order; after any other end it cuts it. If its own
+      client breaks, it puts "aborted" in the log. As on one server, the
+      relay is done once the recipient's socket has taken every byte.
 
     A side that moves nothing for `file-expiry` seconds (the other side's
     server died, say: nothing else would end the transfer, since both
@@ -591,10 +594,14 @@ class ClusterFileRelay(FileRelay):
             channel = self._channel(cluster.transfer_id(relay.transfer))
             _send_all(transport, relay.ready, pair)  # [FILE-15]: both are here
             outcome = self._hand_on(channel, transport, pair)
+            if outcome == "ok":
+                self._on_finished(relay.transfer, outcome)
+                self._until(pair, lambda: relay.transfer.state != RELAYING)  # [FILE-18]
         except OSError:
-            self._on_finished(relay.transfer, "aborted")  # Its client broke: the sender's side stops.
+            outcome = "aborted"
+            self._on_finished(relay.transfer, outcome)  # Its client broke: the sender's side stops.
         except RelayCut:
-            pass  # It ended elsewhere, and the sender's side is cut there.
+            outcome = "aborted"  # It ended elsewhere, and the sender's side is cut there.
         finally:
             if channel is not None:
                 with contextlib.suppress(OSError):
@@ -629,11 +636,9 @@ class ClusterFileRelay(FileRelay):
             channel = self._channel(cluster.transfer_id(relay.transfer))
             _send_all(transport, relay.ready, pair)
             outcome = self._send_on(channel, transport, relay.size, pair)
-            self._on_finished(relay.transfer, outcome)
-            if outcome == "ok":
-                # [FILE-18]: RELAYED before the recipient can answer.
-                self._until(pair, lambda: relay.transfer.state != RELAYING)
             channel.end(outcome)
+            if outcome != "ok":
+                self._on_finished(relay.transfer, outcome)  # The recipient's side reports "ok".
         except (OSError, RelayCut):
             outcome = "aborted"
             if not pair.cut:
