@@ -20,6 +20,9 @@ Redis. Standard library only: RESP2, the few commands used here, over a socket.
     reader threads:   (chat/server.py) hand a client's MSG, ACT and PM to the
                       log one after another (Stream); any other line waits
                       until the ones before it are back ([ORDER-4])
+    relay threads:    (chat/server.py, ClusterFileRelay) move a transfer's
+                      bytes from the sender's server to the recipient's
+                      through a stream of their own (FileChannel, [CLUSTER-12])
 
 Why Redis Streams (README, "Running a cluster", with figures from `python -m
 bench --scenario engines`): one `redis-server` process, a Debian package with

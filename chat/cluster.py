@@ -2,21 +2,26 @@
 
 Pure logic, like chat/state.py: no sockets, no threads, no clock. In a
 cluster every server appends what changes or reads the room (USER, MSG, ACT,
-PM, USERS, NICK, LEAVE, and the end of a registered connection) to one
-ordered log, and every server applies that log, entry by entry and in its
-order, to its own copy of the room ([CLUSTER-1]). Given the same entries,
-every copy makes the same decisions: the first USER for a name in the log
-wins ([CLUSTER-3]), a broadcast takes its place in one order everywhere
-([CLUSTER-2]), USERS is answered at its place in the log ([CLUSTER-4]).
+PM, USERS, NICK, LEAVE, the end of a registered connection, and the file
+commands with DATA) to one ordered log, and every server applies that log,
+entry by entry and in its order, to its own copy of the room ([CLUSTER-1]).
+Given the same entries, every copy makes the same decisions: the first USER
+for a name in the log wins ([CLUSTER-3]), a broadcast takes its place in one
+order everywhere ([CLUSTER-2]), USERS is answered at its place in the log
+([CLUSTER-4]), and a transfer's offer, consent, tokens and end are the same
+on every server ([CLUSTER-11]).
 
 ClusterRoom is a ChatRoom: what concerns one connection only (HELLO, the
 connection limits, PASS, syntax, PING, timers, flood control) is decided at
 once by the server the client is connected to, as on a single server. Its
-calls return the actions of chat/state.py, plus one:
+calls return the actions of chat/state.py, plus two:
 
     Append(entry, awaited)   append `entry` to the log; `awaited`: the client's
                              reader waits for it to come back from the log (its
                              reply, and [ORDER-4]), or to be refused
+    TransferChanged(t)       the log holds both of t's DATA entries, or its
+                             relay's outcome: this server's relays of t go on
+                             ([CLUSTER-12])
 
 `apply(stamp_ms, entry)` is the other half: one entry read from the log, with
 the log's own time (milliseconds, from the entry's id), and the actions it
