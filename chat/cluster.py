@@ -430,9 +430,9 @@ class ClusterRoom(ChatRoom):
             return [Send(local, protocol.format_error(ErrorCode.NO_SUCH_USER, f"{to} is not online"))] \
                 if local else []
         line = protocol.format_pm(sender.name, recipient.name, text)
-        target = self._local.get(recipient.session) if recipient.server == self.server_id else None
+        target = self._reachable(recipient)
         actions: list[Action] = []
-        if target is not None and not target.closing and target is not local:
+        if target is not None and target is not local:
             actions.append(Send(target, line))
         if local is not None:
             actions.append(Send(local, line))  # [PM-2]: once, even to oneself.
@@ -455,7 +455,7 @@ class ClusterRoom(ChatRoom):
     def _apply_leave(self, key: str, member: Member, local: Session | None, reason: str) -> list[Action]:
         del self._roster[key]
         del self._by_session[(member.server, member.session)]
-        gone = self._member_gone(member)  # [FILE-13]: before the LEAVE
+        gone = self._transfers_gone(member)  # [FILE-13]: before the LEAVE
         line = protocol.format_leave(member.name, reason)
         if local is not None and reason == "quit":
             # [LEAVE-1]: the leaver's own LEAVE is its reply, then the close.
@@ -488,7 +488,7 @@ class ClusterRoom(ChatRoom):
             if member.server == server:
                 del self._roster[key]
                 del self._by_session[(server, member.session)]
-                leaves += self._member_gone(member)
+                leaves += self._transfers_gone(member)
                 leaves.append(Broadcast(protocol.format_leave(member.name, "timeout")))
         if server != self.server_id:
             return leaves
@@ -514,7 +514,7 @@ class ClusterRoom(ChatRoom):
 
     # -- file sharing ([CLUSTER-11], [CLUSTER-12]) ----------------------------------------
 
-    def _session_of(self, member: Member) -> Session | None:
+    def _reachable(self, member: Member) -> Session | None:
         """The member's session if it is this server's and still open."""
         session = self._local.get(member.session) if member.server == self.server_id else None
         return session if session is not None and not session.closing else None
@@ -557,7 +557,7 @@ class ClusterRoom(ChatRoom):
         self._files.offer(sender, recipient, (protocol.name_key(sender.name), tid), int(size), sha256,
                           filename, now)
         line = protocol.format_offer(sender.name, recipient.name, tid, int(size), sha256, filename)
-        to_session = self._session_of(recipient)
+        to_session = self._reachable(recipient)
         actions: list[Action] = []
         if to_session is not None and to_session is not local:
             actions.append(Send(to_session, line))
@@ -572,7 +572,7 @@ class ClusterRoom(ChatRoom):
         self._accepted[transfer_id(transfer)] = transfer
         actions: list[Action] = []
         for side, party in ((SENDER, transfer.sender), (RECIPIENT, transfer.recipient)):
-            session = self._session_of(party)
+            session = self._reachable(party)
             if session is not None:
                 actions.append(Send(session, protocol.format_accepted(
                     transfer.sender.name, transfer.key[1], transfer.tokens[side])))
@@ -598,20 +598,8 @@ class ClusterRoom(ChatRoom):
         ended = self._files.relay_finished(transfer, outcome, now)
         return [TransferChanged(transfer)] + (self._transfer_ended(ended) if ended is not None else [])
 
-    def _member_gone(self, member: Member) -> list[Action]:
-        """[FILE-13]: the member's transfers end `gone`, for the other party."""
-        if self._files is None:
-            return []
-        return [action for transfer in self._files.party_gone(member)
-                for action in self._transfer_ended(transfer, skip=member)]
-
     def _transfer_ended(self, transfer: Transfer, actor: Member | None = None,
                         skip: Member | None = None) -> list[Action]:
-        """[FILE-11] for the parties on this server, and the cut of its relays."""
+        """[FILE-11] for the parties on this server (_reachable), and the cut of its relays."""
         self._accepted.pop(transfer.tokens.get(SENDER, ""), None)
-        line = protocol.format_ended(transfer.sender.name, transfer.key[1], transfer.reason)
-        parties = [party for party in transfer.parties() if party is not actor and party is not skip]
-        if actor is not None:
-            parties.append(actor)  # Its reply, last.
-        sessions = [self._session_of(party) for party in parties]
-        return [Send(session, line) for session in sessions if session is not None] + [CutRelay(transfer)]
+        return super()._transfer_ended(transfer, actor, skip)

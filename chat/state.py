@@ -483,8 +483,14 @@ class ChatRoom:
         parties = [p for p in transfer.parties() if p is not actor and p is not skip]
         if actor is not None:
             parties.append(actor)
-        actions: list[Action] = [Send(party, line) for party in parties]
+        sessions = [self._reachable(party) for party in parties]
+        actions: list[Action] = [Send(session, line) for session in sessions if session is not None]
         return actions + [CutRelay(transfer)]
+
+    def _reachable(self, party: Session) -> Session | None:
+        """The session a transfer's party is sent its lines on: here, the party
+        itself (a cluster's parties are members, on this server or another)."""
+        return party
 
     def _transfers_gone(self, session: Session) -> list[Action]:
         """[FILE-13]: the party is leaving; its transfers end `gone` for the other party."""
