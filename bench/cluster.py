@@ -46,7 +46,7 @@ from bench.scenarios import (
     latency_one,
     run_with_server,
 )
-from bench.serverproc import ReferenceServer, read_cpu_seconds, read_rss_kb
+from bench.serverproc import ProcessesCpu, ReferenceServer, read_cpu_seconds, read_rss_kb
 from bench.stats import latency_summary
 
 
@@ -233,13 +233,9 @@ def on_cluster(settings: Settings, clients_count: int,
     with two_servers(settings, clients_count) as (redis, servers, rooms):
         room = ClusterRoom(settings, servers, clients_count)
         rooms.append(room)
-        pids = {"server_b": servers[1].pid, "redis": redis.pid}
-        started = time.monotonic()
-        before = {key: read_cpu_seconds(pid) for key, pid in pids.items()}
+        others = ProcessesCpu({"server_b": servers[1].pid, "redis": redis.pid})
         metrics = measure(servers[0], room)
-        wall = max(time.monotonic() - started, 1e-9)
-        cpu = {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - (before[key] or 0.0)) / wall
-               for key, pid in pids.items()}
+        cpu = others.stop()
         if "other_cpu_pct" in metrics:  # The run's meter knew only the first server.
             metrics["other_cpu_pct"] = max(0.0, metrics["other_cpu_pct"] - sum(cpu.values()))
         return {**metrics, **cpu, "server_rss_kb": read_rss_kb(servers[0].pid),
@@ -358,12 +354,11 @@ def scenario_cluster_file(settings: Settings) -> list[Case]:
         try:
             alice.expect(f"JOIN {bob.name}")  # bob is in the room as alice's server holds it
             pids = {"server": servers[0].pid, "server_b": servers[1].pid, "redis": redis.pid}
-            before = {key: read_cpu_seconds(pid) or 0.0 for key, pid in pids.items()}
+            meter = ProcessesCpu(pids)
             rss_before = {key: read_rss_kb(pid) for key, pid in pids.items()}
             seconds = files.relay_between(servers[1].address, alice, bob, size, sha256, "1",
                                           recipient_address=servers[0].address)
-            cpu = {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - before[key]) / seconds
-                   for key, pid in pids.items()}
+            cpu = meter.stop()
         finally:
             alice.close()
             bob.close()

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.scenarios import Case, ScenarioError, Settings
-from bench.serverproc import read_cpu_seconds, read_rss_kb
+from bench.serverproc import ProcessesCpu, read_rss_kb
 from bench.stats import NS_PER_S, FixedRateSchedule, latency_summary
 from chat.backplane import RedisConnection
 
@@ -400,11 +400,10 @@ def measured(start: Callable[[set[int] | None], EngineProcess], make_log, run: C
     engine = start(settings.server_cpus)
     try:
         rss_idle = read_rss_kb(engine.pid)
-        cpu_before, started = read_cpu_seconds(engine.pid) or 0.0, time.monotonic()
+        meter = ProcessesCpu({"engine": engine.pid})
         row = run(make_log(engine))
-        wall = max(time.monotonic() - started, 1e-9)
-        return {**row, "engine_cpu_pct": 100.0 * ((read_cpu_seconds(engine.pid) or 0.0) - cpu_before) / wall,
-                "engine_rss_idle_kb": rss_idle, "engine_rss_kb": read_rss_kb(engine.pid)}
+        return {**row, **meter.stop(), "engine_rss_idle_kb": rss_idle,
+                "engine_rss_kb": read_rss_kb(engine.pid)}
     finally:
         engine.stop()
 

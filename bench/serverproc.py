@@ -132,6 +132,21 @@ class CpuMeter:
 # ------------------------------------------------------------------ servers
 
 
+class ProcessesCpu:
+    """The CPU of a few other processes over one span (a cluster's second
+    server, its engine), as `<key>_cpu_pct`: percent of one core each."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.started = time.monotonic()
+        self.before = {key: read_cpu_seconds(pid) or 0.0 for key, pid in pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self.started, 1e-9)
+        return {f"{key}_cpu_pct": 100.0 * ((read_cpu_seconds(pid) or 0.0) - self.before[key]) / wall
+                for key, pid in self.pids.items()}
+
+
 class Server:
     """Where the server is, and its PID when known (None: no /proc figures)."""
 
